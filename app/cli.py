@@ -1,0 +1,175 @@
+"""The ``kubevents`` command: produce, worker, replay, topics, schema, config, version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from importlib import resources
+from typing import Any
+
+from app import __version__
+from app.errors import UserError
+
+PIPELINES = {
+    "core": ("agents.core", "agents.tracker", "agents.counts", "app.views"),
+}
+
+
+def _set_env(name: str, value: Any) -> None:
+    if value is not None:
+        os.environ[name] = ",".join(value) if isinstance(value, list) else str(value)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from app.settings import load_settings
+
+    return load_settings(args.config)
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    _set_env("KUBEVENTS_PRODUCER_NAMESPACES", args.namespace)
+    _set_env("KUBEVENTS_PRODUCER_API", args.api)
+    _set_env("KUBEVENTS_PRODUCER_LABEL_SELECTOR", args.label_selector)
+    _set_env("KUBEVENTS_PRODUCER_FIELD_SELECTOR", args.field_selector)
+    _set_env("KUBEVENTS_PRODUCER_HTTP_PORT", args.http_port)
+    if args.no_leader_election:
+        _set_env("KUBEVENTS_PRODUCER_LEADER_ELECTION", "false")
+    from app import producer
+
+    return asyncio.run(producer.run(_settings(args)))
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from app.replay import replay
+
+    settings = _settings(args)
+    if args.file == "-":
+        count = asyncio.run(replay(settings, sys.stdin, "<stdin>", progress=not args.quiet))
+    else:
+        try:
+            with open(args.file, encoding="utf-8") as fh:
+                count = asyncio.run(replay(settings, fh, args.file, progress=not args.quiet))
+        except OSError as exc:
+            raise UserError(f"cannot read {args.file}: {exc.strerror}") from None
+    print(f"published {count} events to {settings.topics.raw}")
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from app.kafka import ensure_topics
+
+    settings = _settings(args)
+    created = asyncio.run(ensure_topics(settings.kafka, settings.topics))
+    print("created: " + (", ".join(created) if created else "nothing (all exist)"))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    unknown = [p for p in args.pipeline if p not in PIPELINES]
+    if unknown:
+        raise UserError(
+            f"unknown pipeline {', '.join(unknown)}: available: {', '.join(sorted(PIPELINES))}"
+        )
+    _set_env("KUBEVENTS_CORE_WEB_PORT", args.web_port)
+    _set_env("KUBEVENTS_CORE_WEB_HOST", args.web_host)
+    _set_env("KUBEVENTS_CORE_STORE", args.store)
+    _set_env("KUBEVENTS_CORE_DATA_DIR", args.data_dir)
+    from app.kafka import ensure_topics
+
+    settings = _settings(args)
+    asyncio.run(ensure_topics(settings.kafka, settings.topics))  # clear error if unreachable
+    import importlib
+
+    import faust
+
+    from app.core_app import app
+
+    for pipeline in args.pipeline:
+        for module in PIPELINES[pipeline]:
+            importlib.import_module(module)
+    worker = faust.Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    text = resources.files("app").joinpath("schemas/k8s-event.v1.json").read_text()
+    print(text, end="")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(json.dumps(settings.model_dump(mode="json"), indent=2))  # SecretStr prints as ****
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubevents",
+        description="Keep every Kubernetes Event: API server -> Kafka -> Faust -> sinks.",
+    )
+    parser.add_argument("--config", help="YAML settings file (also $KUBEVENTS_CONFIG)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("produce", help="list+watch Events and publish them to the raw topic")
+    p.add_argument("--namespace", "-n", action="append",
+                   help="watch only this namespace (repeatable; default: all)")
+    p.add_argument("--api", choices=["core/v1", "events.k8s.io/v1"])
+    p.add_argument("--label-selector")
+    p.add_argument("--field-selector")
+    p.add_argument("--http-port", type=int, help="health/metrics port (0: off)")
+    p.add_argument("--no-leader-election", action="store_true",
+                   help="publish without holding the Lease (a single replica only)")
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("worker", help="run stream-processing pipelines (Faust worker)")
+    p.add_argument("--pipeline", "-p", action="append", default=None,
+                   help=f"pipeline to run (repeatable): {', '.join(sorted(PIPELINES))}")
+    p.add_argument("--web-port", type=int)
+    p.add_argument("--web-host")
+    p.add_argument("--store", help="table store: memory:// or rocksdb://")
+    p.add_argument("--data-dir")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("replay", help="publish a 'kubectl get events -A -o json' dump")
+    p.add_argument("file", help="file name, or - for standard input")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("topics", help="create kubevents' topics if missing")
+    p.set_defaults(func=cmd_topics)
+    p = sub.add_parser("schema", help="print the enriched event's JSON Schema")
+    p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("config", help="print the effective settings (secrets masked)")
+    p.set_defaults(func=cmd_config)
+    p = sub.add_parser("version", help="print the version")
+    p.set_defaults(func=lambda _: print(__version__) or 0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "pipeline", "unset") is None:
+        args.pipeline = ["core"]
+    from app.obs import setup_logging
+
+    setup_logging()
+    try:
+        return int(args.func(args))
+    except UserError as exc:
+        print(f"kubevents: error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"kubevents: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

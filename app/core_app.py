@@ -1,0 +1,72 @@
+"""The Faust app of the core pipeline (consumer group = ``core.app_id``) and its topics.
+
+Agents live in ``agents/``, tables in ``tables/``; ``kubevents worker --pipeline core`` imports
+them and starts a Faust worker. Settings are read once, at import, as Faust apps are module-level.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from app.kafka import ssl_context
+from app.settings import KafkaSettings, Settings, load_settings
+
+
+def broker_credentials(kafka: KafkaSettings) -> Any:
+    ctx = ssl_context(kafka)
+    if kafka.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=kafka.sasl_username,
+            password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            ssl_context=ctx,
+            mechanism=kafka.sasl_mechanism,
+        )
+    if ctx is not None:
+        return faust.SSLCredentials(ctx)
+    return None
+
+
+def create_app(settings: Settings) -> faust.App:
+    core = settings.core
+    return faust.App(
+        core.app_id,
+        broker=[f"kafka://{b}" for b in settings.kafka.bootstrap_servers],
+        broker_credentials=broker_credentials(settings.kafka),
+        store=core.store,
+        datadir=str(core.data_dir),
+        topic_partitions=settings.topics.partitions,
+        topic_replication_factor=settings.topics.replication_factor,
+        table_standby_replicas=core.standby_replicas,
+        web_host=core.web_host,
+        web_bind=core.web_bind,
+        web_port=core.web_port,
+        canonical_url=core.canonical_url or f"http://{core.web_host}:{core.web_port}",
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_compression_type=(
+            None if settings.kafka.compression == "none" else settings.kafka.compression
+        ),
+        producer_linger_ms=settings.kafka.linger_ms,
+        broker_commit_every=1000,
+        broker_commit_interval=1.0,
+        autodiscover=False,
+        web_enabled=True,
+        # Faust's own health/metrics are not Prometheus; ours are served by views.py.
+        web_in_thread=False,
+    )
+
+
+settings = load_settings()
+app = create_app(settings)
+
+raw_topic = app.topic(settings.topics.raw, key_type=bytes, value_type=bytes,
+                      key_serializer="raw", value_serializer="raw")
+enriched_topic = app.topic(settings.topics.enriched, key_type=bytes, value_type=bytes,
+                           key_serializer="raw", value_serializer="raw")
+dlq_topic = app.topic(settings.topics.dlq, key_type=bytes, value_type=bytes,
+                      key_serializer="raw", value_serializer="raw")
+# Repartition topic for counting: keyed by what is counted (DESIGN decision 3).
+counts_topic = app.topic(f"{settings.core.app_id}-counts", key_type=bytes, value_type=bytes,
+                         key_serializer="raw", value_serializer="raw", internal=True)

@@ -1,0 +1,110 @@
+"""The raw-topic message: what the producer saw, as JSON, keyed by the involved object's uid.
+
+Format (``kind: kubevents.raw/v1``)::
+
+    {"kind": "kubevents.raw/v1", "type": "ADDED|MODIFIED|DELETED", "via": "list|watch|replay",
+     "observed_at": "...Z", "cluster": "prod", "producer": "host-123", "api": "core/v1",
+     "object": {...the Event exactly as the API server returned it...}}
+
+Both the producer and ``kubevents replay`` build it here; the core pipeline parses it here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from app.timeutil import now_iso
+
+RAW_KIND = "kubevents.raw/v1"
+WATCH_TYPES = ("ADDED", "MODIFIED", "DELETED")
+
+
+class DecodeError(ValueError):
+    """A raw record that cannot become an event; the message is the DLQ reason."""
+
+
+def partition_key(obj: dict[str, Any]) -> str:
+    """The involved object's uid; all events of one object share a partition and its order.
+
+    Events about objects without a uid (rare: some node events) fall back to the event's uid.
+    """
+    involved = obj.get("involvedObject") or obj.get("regarding") or {}
+    uid = involved.get("uid") if isinstance(involved, dict) else None
+    if uid:
+        return str(uid)
+    meta = obj.get("metadata") or {}
+    return str(meta.get("uid") or "")
+
+
+def api_of(obj: dict[str, Any]) -> str:
+    if obj.get("apiVersion") == "events.k8s.io/v1" or "regarding" in obj:
+        return "events.k8s.io/v1"
+    return "core/v1"
+
+
+def build_raw(
+    obj: dict[str, Any],
+    *,
+    watch_type: str,
+    via: str,
+    cluster: str,
+    producer: str,
+    observed_at: str | None = None,
+) -> tuple[bytes, bytes]:
+    """Return (key, value) for the raw topic."""
+    value = {
+        "kind": RAW_KIND,
+        "type": watch_type,
+        "via": via,
+        "observed_at": observed_at or now_iso(),
+        "cluster": cluster,
+        "producer": producer,
+        "api": api_of(obj),
+        "object": obj,
+    }
+    return partition_key(obj).encode(), json.dumps(value, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    watch_type: str
+    via: str
+    observed_at: str | None
+    cluster: str | None
+    producer: str | None
+    obj: dict[str, Any]
+
+
+def parse_raw(data: bytes | None, *, max_bytes: int) -> RawEvent:
+    """Decode one raw-topic value, or raise DecodeError saying why not.
+
+    A bare Event object (no envelope) is accepted too, so that other producers can feed the topic.
+    """
+    if data is None:
+        raise DecodeError("empty value (tombstone)")
+    if len(data) > max_bytes:
+        raise DecodeError(f"record of {len(data)} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DecodeError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise DecodeError(f"not a JSON object but {type(doc).__name__}")
+    if doc.get("kind") == RAW_KIND:
+        obj = doc.get("object")
+        if not isinstance(obj, dict):
+            raise DecodeError("envelope without an 'object'")
+        watch_type = str(doc.get("type") or "ADDED")
+        if watch_type not in WATCH_TYPES:
+            raise DecodeError(f"unknown watch type {watch_type!r}")
+        return RawEvent(
+            watch_type=watch_type,
+            via=str(doc.get("via") or "watch"),
+            observed_at=doc.get("observed_at"),
+            cluster=doc.get("cluster"),
+            producer=doc.get("producer"),
+            obj=obj,
+        )
+    return RawEvent("ADDED", "external", None, None, None, doc)

@@ -1,0 +1,154 @@
+"""``kubevents produce``: wires the API source, the Lease and the Kafka publisher together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from app.election import LeaseElector
+from app.errors import UserError
+from app.kafka import ensure_topics, producer_kwargs, unreachable
+from app.kube import ApiError, KubeClient, explain_api_error
+from app.obs import start_http
+from app.publisher import Publisher
+from app.settings import Settings
+from app.source import EventSource, Records, events_path
+
+log = logging.getLogger("kubevents.producer")
+
+
+def preflight(client: KubeClient, settings: Settings) -> None:
+    """Fail fast, in one line, on an unreachable API server or missing permissions."""
+    scopes = settings.producer.namespaces or [None]
+    for ns in scopes:
+        path = events_path(settings.producer.api, ns)
+        what = f"list events in {'namespace ' + ns if ns else 'all namespaces'}"
+        try:
+            client.get_json(path, {"limit": 1})
+        except (ApiError, ConnectionError) as exc:
+            raise UserError(explain_api_error(exc, what)) from None
+        # A watch needs its own verb: check it too, with a request that returns at once.
+        try:
+            for _ in client.watch_batches(path, {"limit": 1, "timeoutSeconds": 1}, 5,
+                                          threading.Event()):
+                break
+        except (ApiError, ConnectionError) as exc:
+            raise UserError(explain_api_error(exc, what.replace("list", "watch"))) from None
+
+
+class Producer:
+    def __init__(self, settings: Settings, client: KubeClient, publisher: Publisher,
+                 loop: asyncio.AbstractEventLoop):
+        self.settings, self.client, self.publisher, self.loop = settings, client, publisher, loop
+        self.fatal: asyncio.Future[BaseException] = loop.create_future()
+        self._sources: list[EventSource] = []
+        self._source_stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def sink(self, records: Records) -> None:
+        """Called from a source thread; blocks while Kafka is not keeping up (backpressure)."""
+        asyncio.run_coroutine_threadsafe(self.publisher.publish(records), self.loop).result()
+
+    def _report_fatal(self, exc: BaseException) -> None:
+        if not self.fatal.done():
+            self.fatal.set_result(exc)
+
+    def _thread(self, name: str, target: Callable[[], None]) -> None:
+        def run() -> None:
+            try:
+                target()
+            except BaseException as exc:
+                self.loop.call_soon_threadsafe(self._report_fatal, exc)
+
+        threading.Thread(target=run, name=name, daemon=True).start()
+
+    def start_sources(self) -> None:
+        """Begin list+watch (on becoming leader). A new leader always re-lists."""
+        with self._lock:
+            self._source_stop = threading.Event()
+            scopes = self.settings.producer.namespaces or [None]
+            self._sources = [
+                EventSource(self.client.clone(), self.settings.producer, self.sink,
+                            cluster=self.settings.cluster.name, namespace=ns,
+                            stop=self._source_stop)
+                for ns in scopes
+            ]
+            for src in self._sources:
+                self._thread(f"source-{src.namespace or 'all'}", src.run)
+
+    def stop_sources(self) -> None:
+        with self._lock:
+            self._source_stop.set()
+            for src in self._sources:
+                src.client.interrupt()
+            self._sources = []
+
+    def ready(self) -> tuple[bool, str]:
+        if self.fatal.done():
+            return False, "stopped on a fatal error"
+        if self.publisher.full:
+            return False, "Kafka is not acknowledging: reading paused"
+        if not self._sources:
+            return True, "standing by (not the leader)"
+        if all(src.watching.is_set() for src in self._sources):
+            return True, "watching"
+        return False, "listing or reconnecting"
+
+
+async def run(settings: Settings) -> int:
+    client = KubeClient.from_settings(settings.kubernetes)
+    await asyncio.to_thread(preflight, client, settings)
+    await ensure_topics(settings.kafka, settings.topics)
+    kafka = AIOKafkaProducer(**producer_kwargs(settings.kafka, "kubevents-producer"))
+    try:
+        await kafka.start()
+    except (KafkaConnectionError, KafkaError, OSError) as exc:
+        raise unreachable(settings.kafka, exc) from None
+    loop = asyncio.get_running_loop()
+    publisher = Publisher(kafka, settings.topics.raw, settings.kafka.max_in_flight_events)
+    producer = Producer(settings, client, publisher, loop)
+    stop_all = threading.Event()
+    elector: LeaseElector | None = None
+    if settings.producer.leader_election:
+        p = settings.producer
+        elector = LeaseElector(
+            client.clone(), namespace=p.lease_namespace, name=p.lease_name, identity=p.identity,
+            lease_duration_s=p.lease_duration_s, renew_period_s=p.renew_period_s,
+            on_started=producer.start_sources, on_stopped=producer.stop_sources,
+        )
+        producer._thread("lease", lambda: elector.run(stop_all) if elector else None)
+    else:
+        producer.start_sources()
+
+    runner = None
+    if settings.producer.http_port:
+        runner = await start_http(settings.producer.http_bind, settings.producer.http_port, producer.ready)
+    stopping = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stopping.done() or stopping.set_result(None))
+    log.info("producer started", extra={"identity": settings.producer.identity,
+                                        "topic": settings.topics.raw,
+                                        "leader_election": settings.producer.leader_election})
+    done, _ = await asyncio.wait([stopping, producer.fatal], return_when=asyncio.FIRST_COMPLETED)
+    stop_all.set()
+    producer.stop_sources()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(publisher.drain(), timeout=10)
+    if elector is not None:
+        await asyncio.to_thread(elector.release)
+    await kafka.stop()
+    if runner is not None:
+        await runner.cleanup()
+    if producer.fatal in done:
+        exc = producer.fatal.result()
+        if isinstance(exc, ApiError | ConnectionError):
+            raise UserError(explain_api_error(exc, "list/watch events")) from None
+        raise exc
+    return 0

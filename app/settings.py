@@ -1,0 +1,187 @@
+"""Typed configuration: environment variables with the KUBEVENTS_ prefix and an optional YAML file.
+
+One nested object per concern. ``KUBEVENTS_KAFKA_BROKERS`` sets ``kafka.brokers``: the first ``_``
+after the prefix separates the section from the field (``env_nested_max_split=1``), so field names
+keep their own underscores. Precedence: explicit arguments > environment > YAML file > defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+# Comma-separated in the environment (a,b,c), a list in YAML.
+CsvList = Annotated[list[str], NoDecode]
+Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class ClusterSettings(BaseModel):
+    name: str = Field("default", description="Cluster name stamped on every event.")
+
+
+class KafkaSettings(BaseModel):
+    brokers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers.")
+    ssl_certfile: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    ssl_keyfile: Path | None = Field(None, description="Client key (mutual TLS).")
+    ssl_insecure_skip_verify: bool = Field(
+        False, description="Skip broker certificate and hostname checks. Only for testing."
+    )
+    compression: Compression = Field("lz4", description="Producer compression codec.")
+    linger_ms: int = Field(20, ge=0, description="Producer batching delay, milliseconds.")
+    max_batch_bytes: int = Field(1 << 20, ge=1024, description="Producer batch size, bytes.")
+    request_timeout_ms: int = Field(30_000, ge=1000, description="Broker request timeout, ms.")
+    max_in_flight_events: int = Field(
+        5000,
+        ge=1,
+        description="Events handed to the Kafka producer and not yet acknowledged. When reached,"
+        " the producer stops reading the API server: memory stays bounded while Kafka is away.",
+    )
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [b.strip() for b in self.brokers.split(",") if b.strip()]
+
+
+class TopicSettings(BaseModel):
+    raw: str = Field("k8s-events-raw", description="What the producer saw.")
+    enriched: str = Field("k8s-events", description="Deduplicated, enriched events (public).")
+    dlq: str = Field("k8s-events-dlq", description="Records that could not be decoded.")
+    partitions: int = Field(6, ge=1, description="Partitions when kubevents creates a topic.")
+    replication_factor: int = Field(1, ge=1, description="Replication when kubevents creates it.")
+
+
+class KubernetesSettings(BaseModel):
+    kubeconfig: Path | None = Field(
+        None, description="Path to a kubeconfig; default: in-cluster, then $KUBECONFIG/~/.kube."
+    )
+    context: str | None = None
+    qps: float = Field(20.0, gt=0, description="Client-side API request rate, requests/s.")
+    burst: int = Field(40, ge=1, description="Client-side burst above qps, requests.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Per API request timeout, seconds.")
+
+
+class ProducerSettings(BaseModel):
+    api: Literal["core/v1", "events.k8s.io/v1"] = "core/v1"
+    namespaces: CsvList = Field(default_factory=list, description="Empty: all namespaces.")
+    label_selector: str | None = None
+    field_selector: str | None = None
+    include_deleted: bool = Field(False, description="Publish DELETED (TTL expiry) too.")
+    list_page_size: int = Field(500, ge=1, description="Items per paginated LIST request.")
+    watch_timeout_s: int = Field(
+        290, ge=10, description="Server-side watch timeout; the watch is renewed after it."
+    )
+    backoff_max_s: float = Field(30.0, gt=0, description="Longest reconnect backoff, seconds.")
+    leader_election: bool = Field(True, description="Only the Lease holder publishes.")
+    lease_name: str = "kubevents-producer"
+    lease_namespace: str = Field("default", description="Namespace of the Lease.")
+    lease_duration_s: float = Field(15.0, gt=0, description="Lease validity, seconds.")
+    renew_period_s: float = Field(5.0, gt=0, description="How often the leader renews, seconds.")
+    identity: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="This replica's identity in the Lease and in published records.",
+    )
+    http_port: int = Field(8080, ge=0, le=65535, description="Health and metrics port; 0: off.")
+    http_bind: str = Field("127.0.0.1", description="Listen address; 0.0.0.0 in containers.")
+
+    _split_namespaces = field_validator("namespaces", mode="before")(_split_csv)
+
+
+class CoreSettings(BaseModel):
+    app_id: str = Field("kubevents-core", description="Faust app id = consumer group.")
+    store: str = Field("memory://", description="Table store: memory:// or rocksdb://.")
+    data_dir: Path = Field(Path("kubevents-data"), description="Faust data dir (RocksDB).")
+    web_host: str = Field("127.0.0.1", description="Host name in this worker's URL.")
+    web_bind: str = Field("127.0.0.1", description="Listen address; 0.0.0.0 in containers.")
+    web_port: int = Field(6066, ge=1, le=65535)
+    canonical_url: str | None = Field(
+        None, description="URL other workers use to reach this one (table routing)."
+    )
+    standby_replicas: int = Field(1, ge=0)
+    max_record_bytes: int = Field(1 << 20, ge=1024, description="Larger raw records go to DLQ.")
+    dedupe_ttl_s: float = Field(
+        4500.0, gt=0, description="Keep an event uid this long (API server keeps events 1 h)."
+    )
+    owner_lookup: bool = Field(True, description="Resolve owner chains from the API server.")
+    enrich_timeout_s: float = Field(2.0, gt=0, description="Budget for one owner lookup, s.")
+    owner_cache_size: int = Field(10_000, ge=1, description="Objects kept in the owner cache.")
+    owner_cache_ttl_s: float = Field(300.0, gt=0, description="Owner cache entry life, s.")
+    label_keys: CsvList = Field(
+        default_factory=lambda: [
+            "app",
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/component",
+            "app.kubernetes.io/part-of",
+            "k8s-app",
+        ],
+        description="Labels of the involved object copied onto the event.",
+    )
+    tumbling_s: float = Field(60.0, gt=0, description="Tumbling count window size, seconds.")
+    hopping_size_s: float = Field(3600.0, gt=0, description="Hopping window size, seconds.")
+    hopping_step_s: float = Field(300.0, gt=0, description="Hopping window step, seconds.")
+    window_expires_s: float = Field(7200.0, gt=0, description="Windows kept this long, s.")
+
+    _split_labels = field_validator("label_keys", mode="before")(_split_csv)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KUBEVENTS_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="ignore",
+        frozen=True,
+    )
+
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)  # type: ignore[arg-type]
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)  # type: ignore[arg-type]
+    topics: TopicSettings = Field(default_factory=TopicSettings)  # type: ignore[arg-type]
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)  # type: ignore[arg-type]
+    producer: ProducerSettings = Field(default_factory=ProducerSettings)  # type: ignore[arg-type]
+    core: CoreSettings = Field(default_factory=CoreSettings)  # type: ignore[arg-type]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("KUBEVENTS_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | None = None) -> Settings:
+    """Read settings; ``config_file`` (or $KUBEVENTS_CONFIG) names an optional YAML file."""
+    if config_file:
+        if not Path(config_file).is_file():
+            raise FileNotFoundError(f"config file {config_file!r} does not exist")
+        os.environ["KUBEVENTS_CONFIG"] = config_file
+    return Settings()

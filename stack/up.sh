@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# make stack: obtain (first run), start and wait for every real server, then write .stack/env.
+# Usage: stack/up.sh [service ...]   (default: all)   Idempotent: running servers are left alone.
+source "$(dirname "$0")/lib.sh"
+
+SERVICES=("$@")
+[[ ${#SERVICES[@]} -gt 0 ]] || SERVICES=(kafka elasticsearch mariadb kubernetes)
+
+timed() {  # timed LABEL CMD...: run and report how long it took
+  local label="$1" start=$SECONDS; shift
+  "$@"
+  log "$label took $((SECONDS - start))s"
+}
+
+# Installs run in parallel (the Kubernetes build is CPU-bound, the others mostly download);
+# each writes its own log so a failure says which one.
+pids=()
+for svc in "${SERVICES[@]}"; do
+  ( timed "install $svc" "$ROOT/stack/$svc.sh" install >"$LOGS/install-$svc.log" 2>&1 ) &
+  pids+=("$!:$svc")
+done
+failed=0
+for entry in "${pids[@]}"; do
+  if ! wait "${entry%%:*}"; then
+    log "install ${entry#*:} FAILED; last lines of $LOGS/install-${entry#*:}.log:"
+    tail -n 30 "$LOGS/install-${entry#*:}.log" >&2
+    failed=1
+  else
+    grep -h "took" "$LOGS/install-${entry#*:}.log" >&2 || true
+  fi
+done
+((failed == 0)) || die "installation failed"
+
+for svc in "${SERVICES[@]}"; do timed "start $svc" "$ROOT/stack/$svc.sh" start; done
+for svc in "${SERVICES[@]}"; do timed "wait $svc" "$ROOT/stack/$svc.sh" wait; done
+
+{
+  echo "# Written by make stack; source it: . .stack/env"
+  for svc in kafka elasticsearch mariadb kubernetes; do "$ROOT/stack/$svc.sh" env; done
+} >"$STATE/env"
+log "stack is up; environment in $STATE/env, logs in $LOGS"

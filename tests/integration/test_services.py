@@ -1,0 +1,124 @@
+"""Each service of the stack is the real one, reachable with the clients kubevents uses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from kubernetes import client as k8s
+
+from tests.integration.conftest import need_env
+
+
+def test_kafka_round_trip_with_group_commit(brokers: str) -> None:
+    topic, group = f"svc-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+
+    async def run() -> tuple[list[bytes], int | None]:
+        producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all",
+                                    enable_idempotence=True)
+        await producer.start()
+        for i in range(10):
+            await producer.send_and_wait(topic, f"m{i}".encode(), key=b"k")
+        await producer.stop()
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=brokers, group_id=group,
+                                    auto_offset_reset="earliest", enable_auto_commit=False)
+        await consumer.start()
+        got: list[bytes] = []
+        deadline = time.monotonic() + 60
+        while len(got) < 10 and time.monotonic() < deadline:
+            for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                got.extend(m.value for m in msgs)
+        await consumer.commit()
+        tp = next(iter(consumer.assignment()))
+        committed = await consumer.committed(TopicPartition(topic, tp.partition))
+        await consumer.stop()
+        return got, committed
+
+    got, committed = asyncio.run(run())
+    assert got == [f"m{i}".encode() for i in range(10)]
+    assert committed == 10
+
+
+def test_elasticsearch_index_refresh_search() -> None:
+    from elasticsearch import Elasticsearch
+
+    es = Elasticsearch(need_env("KUBEVENTS_ELASTICSEARCH_URL"))
+    info = es.info()
+    assert info["version"]["number"].startswith("8.")
+    index = f"svc-{uuid.uuid4().hex[:8]}"
+    es.index(index=index, id="e1", document={"reason": "BackOff", "count": 3})
+    es.index(index=index, id="e1", document={"reason": "BackOff", "count": 5})
+    es.indices.refresh(index=index)
+    hits = es.search(index=index, query={"match": {"reason": "BackOff"}})["hits"]
+    assert hits["total"]["value"] == 1 and hits["hits"][0]["_source"]["count"] == 5
+    es.indices.delete(index=index)
+
+
+def test_mariadb_upsert_through_sqlalchemy() -> None:
+    from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, select
+    from sqlalchemy.dialects.mysql import insert
+
+    engine = create_engine(need_env("KUBEVENTS_MYSQL_URL"))
+    meta = MetaData()
+    table = Table(f"svc_{uuid.uuid4().hex[:8]}", meta, Column("uid", String(64), primary_key=True),
+                  Column("count", Integer))
+    meta.create_all(engine)
+    try:
+        with engine.begin() as conn:
+            for count in (3, 5):
+                stmt = insert(table).values(uid="e1", count=count)
+                conn.execute(stmt.on_duplicate_key_update(count=stmt.inserted.count))
+        with engine.connect() as conn:
+            assert conn.execute(select(table.c.uid, table.c.count)).all() == [("e1", 5)]
+            version = conn.exec_driver_sql("select version()").scalar()
+            assert "MariaDB" in str(version)
+    finally:
+        meta.drop_all(engine)
+
+
+def test_deployment_yields_real_controller_and_scheduler_events(api: k8s.ApiClient) -> None:
+    core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
+    ns = f"svc-{uuid.uuid4().hex[:6]}"
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=ns)))
+    try:
+        labels = {"app": "web"}
+        apps.create_namespaced_deployment(ns, k8s.V1Deployment(
+            metadata=k8s.V1ObjectMeta(name="web"),
+            spec=k8s.V1DeploymentSpec(
+                replicas=2,
+                selector=k8s.V1LabelSelector(match_labels=labels),
+                template=k8s.V1PodTemplateSpec(
+                    metadata=k8s.V1ObjectMeta(labels=labels),
+                    spec=k8s.V1PodSpec(containers=[k8s.V1Container(name="web", image="nginx")]),
+                ),
+            ),
+        ))
+        wanted = {"ScalingReplicaSet", "SuccessfulCreate", "Scheduled"}
+        deadline = time.monotonic() + 120
+        reasons: set[str] = set()
+        while time.monotonic() < deadline and not wanted <= reasons:
+            reasons = {e.reason for e in core.list_namespaced_event(ns).items}
+            time.sleep(1)
+        assert wanted <= reasons, f"events seen: {sorted(reasons)}"
+        pods = core.list_namespaced_pod(ns).items
+        assert pods and all((p.spec.node_name or "").startswith("kwok-node") for p in pods)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            phases = {p.status.phase for p in core.list_namespaced_pod(ns).items}
+            if phases == {"Running"}:
+                break
+            time.sleep(1)
+        assert phases == {"Running"}, "kwok runs the pods on its fake nodes"
+    finally:
+        core.delete_namespace(ns)
+
+
+@pytest.mark.parametrize("name", ["KUBEVENTS_KAFKA_BROKERS", "KUBEVENTS_ELASTICSEARCH_URL",
+                                  "KUBEVENTS_MYSQL_URL", "KUBECONFIG"])
+def test_stack_env_file_exports(name: str) -> None:
+    text = open(os.path.join(os.path.dirname(__file__), "../../.stack/env")).read()
+    assert f"export {name}=" in text

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.envelope import DecodeError, build_raw, parse_raw, partition_key
+from tests.fixtures.events import EVENTS_V1, core_event
+
+
+def test_roundtrip_keeps_object_and_metadata() -> None:
+    key, value = build_raw(core_event(), watch_type="MODIFIED", via="watch", cluster="c1",
+                           producer="p1", observed_at="2024-05-01T00:00:00.000000Z")
+    assert key == b"pod-uid-1"
+    raw = parse_raw(value, max_bytes=1 << 20)
+    assert (raw.watch_type, raw.via, raw.cluster, raw.producer) == ("MODIFIED", "watch", "c1", "p1")
+    assert raw.obj == core_event()
+    assert json.loads(value)["api"] == "core/v1"
+
+
+def test_key_is_regarding_uid_for_new_api_and_event_uid_without_object_uid() -> None:
+    assert partition_key(EVENTS_V1) == "pod-uid-2"
+    obj = core_event(involvedObject={"kind": "Node", "name": "n1"})
+    assert partition_key(obj) == "e-1111"
+
+
+def test_bare_event_is_accepted() -> None:
+    raw = parse_raw(json.dumps(core_event()).encode(), max_bytes=1 << 20)
+    assert raw.via == "external" and raw.obj["metadata"]["uid"] == "e-1111"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (None, "tombstone"),
+        (b"\xff\xfe not json", "not JSON"),
+        (b"{not json", "not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"kind": "kubevents.raw/v1", "type": "ADDED"}', "without an 'object'"),
+        (b'{"kind": "kubevents.raw/v1", "type": "BOOKMARK", "object": {}}', "unknown watch type"),
+    ],
+)
+def test_bad_records(data: bytes | None, reason: str) -> None:
+    with pytest.raises(DecodeError, match=reason):
+        parse_raw(data, max_bytes=1 << 20)
+
+
+def test_size_limit() -> None:
+    with pytest.raises(DecodeError, match="exceeds the 100-byte limit"):
+        parse_raw(b"{" + b" " * 200 + b"}", max_bytes=100)
