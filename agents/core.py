@@ -1,17 +1,19 @@
 """The core agent: raw topic -> decode/dedupe/enrich -> enriched topic, DLQ and count messages.
 
-Offsets: events are taken with ``noack`` and acked strictly in arrival order once every message
-they produced is acknowledged by Kafka; a failed send is retried in place, never skipped. So a
-commit never passes an event whose outputs are not durable (PITFALLS: take() acks in a finally,
-and faust #606 commits past in-flight offsets acked out of order).
+Offsets: every output is attached to the offset of the raw record that caused it
+(``stream_publish_on_commit``); Faust publishes the attached messages, waits for Kafka's
+acknowledgements, and only then commits that offset. A publish that fails stops the worker
+rather than committing past it, so a restart processes the record again: at-least-once, and
+the dedupe step plus idempotent sinks make the repeats harmless. (A first version acked
+``noack`` events itself after delivery; it lost records that were in flight during a
+rebalance, see tests/integration/test_core.py::test_two_workers_*.)
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections import deque
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 from app import pipeline
@@ -24,7 +26,6 @@ from tables.dedupe import seen
 log = logging.getLogger("kubevents.core")
 
 TOPICS = {"enriched": enriched_topic, "dlq": dlq_topic, "counts": counts_topic}
-MAX_PENDING = 2000  # events whose outputs are not yet acknowledged (bounded memory)
 
 # Versions this worker emitted that the tracker may not have written back yet.
 recent = TTLCache(200_000, settings.core.dedupe_ttl_s)
@@ -40,71 +41,43 @@ def _enricher() -> Enricher:
     return Enricher(settings.core, client)
 
 
-def seen_get(uid: str) -> Any:
-    hit, value = recent.get((uid,))
-    return value if hit else seen.get(uid)
+def seen_get(uid: str, partition: int, offset: int) -> Any:
+    """Newest version known for ``uid``: what this worker emitted from an earlier record of the
+    same partition, else the dedupe table (written from the delivered enriched topic).
+
+    A note from a record at or after ``offset`` means the partition is being read again (a
+    rebalance, a seek): that note may describe output that was never published, so it is
+    ignored and the table, which only holds delivered versions, decides.
+    """
+    hit, note = recent.get((uid,))
+    if hit and note[1] == partition and note[2] < offset:
+        return note[0]
+    return seen.get(uid)
 
 
-def seen_set(uid: str, state: Any) -> None:
-    recent.put((uid,), state)
-
-
-async def _deliver(output: pipeline.Output) -> None:
-    """Send one output and wait for Kafka's acknowledgement; retry in place until it comes."""
-    attempt = 0
-    while True:
-        try:
-            fut = await TOPICS[output.topic].send(
-                key=output.key, value=output.value, timestamp=output.timestamp
-            )
-            await fut
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            attempt += 1
-            delay = min(10.0, 0.2 * 2**attempt)
-            log.warning("send to %s failed (%s); retrying in %.1fs", output.topic, exc, delay)
-            await asyncio.sleep(delay)
-
-
-async def _acker(stream: Any, pending: deque[tuple[Any, asyncio.Future[Any]]],
-                 wake: asyncio.Event) -> None:
-    while True:
-        while not pending:
-            wake.clear()
-            await wake.wait()
-        event, done = pending[0]
-        await done
-        pending.popleft()
-        await stream.ack(event)
+def seen_note(uid: str, state: Any, partition: int, offset: int) -> None:
+    recent.put((uid,), (state, partition, offset))
 
 
 @app.agent(raw_topic, name="core")
 async def core(stream: Any) -> AsyncIterator[None]:
     enricher = _enricher()
-    pending: deque[tuple[Any, asyncio.Future[Any]]] = deque()
-    wake = asyncio.Event()
-    acker = asyncio.ensure_future(_acker(stream, pending, wake))
-    try:
-        async for event in stream.noack().events():
-            message = event.message
-            outputs = await pipeline.process(
-                event.value,
-                pipeline.Origin(message.topic, message.partition, message.offset, event.key),
-                max_bytes=settings.core.max_record_bytes,
-                default_cluster=settings.cluster.name,
-                seen_get=seen_get,
-                seen_set=seen_set,
-                enricher=enricher,
+    async for event in stream.events():
+        message = event.message
+        part, off = message.partition, message.offset
+        outputs = await pipeline.process(
+            event.value,
+            pipeline.Origin(message.topic, message.partition, message.offset, event.key),
+            max_bytes=settings.core.max_record_bytes,
+            default_cluster=settings.cluster.name,
+            seen_get=partial(seen_get, partition=part, offset=off),
+            seen_set=partial(seen_note, partition=part, offset=off),
+            enricher=enricher,
+        )
+        for output in outputs:
+            # Attached to this event's offset (stream_publish_on_commit): Faust publishes it
+            # and waits for Kafka's acknowledgement before it commits that offset.
+            await TOPICS[output.topic].send(
+                key=output.key, value=output.value, timestamp=output.timestamp
             )
-            done: asyncio.Future[Any] = asyncio.ensure_future(
-                asyncio.gather(*(_deliver(o) for o in outputs))
-            )
-            pending.append((event, done))
-            wake.set()
-            while len(pending) > MAX_PENDING:
-                await asyncio.sleep(0.005)
-            yield None
-    finally:
-        acker.cancel()
+        yield None

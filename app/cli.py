@@ -8,7 +8,7 @@ import json
 import os
 import sys
 from importlib import resources
-from typing import Any
+from typing import Any, NoReturn
 
 from app import __version__
 from app.errors import UserError
@@ -67,7 +67,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
+def cmd_worker(args: argparse.Namespace) -> NoReturn:
     unknown = [p for p in args.pipeline if p not in PIPELINES]
     if unknown:
         raise UserError(
@@ -77,10 +77,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _set_env("KUBEVENTS_CORE_WEB_HOST", args.web_host)
     _set_env("KUBEVENTS_CORE_STORE", args.store)
     _set_env("KUBEVENTS_CORE_DATA_DIR", args.data_dir)
-    from app.kafka import ensure_topics
+    from app.kafka import ensure_topics, pin_unstarted_partitions
 
     settings = _settings(args)
-    asyncio.run(ensure_topics(settings.kafka, settings.topics))  # clear error if unreachable
+    counts = f"{settings.core.app_id}-counts"
+    # Clear error if Kafka is unreachable; every topic the group reads exists with the same
+    # partition count (tables are co-partitioned with their source topics).
+    asyncio.run(ensure_topics(settings.kafka, settings.topics, extra=(counts,)))
+    asyncio.run(
+        pin_unstarted_partitions(
+            settings.kafka,
+            settings.core.app_id,
+            [settings.topics.raw, settings.topics.enriched, counts],
+        )
+    )
     import importlib
 
     import faust
@@ -91,8 +101,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         for module in PIPELINES[pipeline]:
             importlib.import_module(module)
     worker = faust.Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
-    worker.execute_from_commandline()
-    return 0
+    worker.execute_from_commandline()  # runs until stopped, then exits the process
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -107,6 +116,11 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_version(args: argparse.Namespace) -> int:
+    print(__version__)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kubevents",
@@ -116,19 +130,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("produce", help="list+watch Events and publish them to the raw topic")
-    p.add_argument("--namespace", "-n", action="append",
-                   help="watch only this namespace (repeatable; default: all)")
+    p.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        help="watch only this namespace (repeatable; default: all)",
+    )
     p.add_argument("--api", choices=["core/v1", "events.k8s.io/v1"])
     p.add_argument("--label-selector")
     p.add_argument("--field-selector")
     p.add_argument("--http-port", type=int, help="health/metrics port (0: off)")
-    p.add_argument("--no-leader-election", action="store_true",
-                   help="publish without holding the Lease (a single replica only)")
+    p.add_argument(
+        "--no-leader-election",
+        action="store_true",
+        help="publish without holding the Lease (a single replica only)",
+    )
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("worker", help="run stream-processing pipelines (Faust worker)")
-    p.add_argument("--pipeline", "-p", action="append", default=None,
-                   help=f"pipeline to run (repeatable): {', '.join(sorted(PIPELINES))}")
+    p.add_argument(
+        "--pipeline",
+        "-p",
+        action="append",
+        default=None,
+        help=f"pipeline to run (repeatable): {', '.join(sorted(PIPELINES))}",
+    )
     p.add_argument("--web-port", type=int)
     p.add_argument("--web-host")
     p.add_argument("--store", help="table store: memory:// or rocksdb://")
@@ -148,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the effective settings (secrets masked)")
     p.set_defaults(func=cmd_config)
     p = sub.add_parser("version", help="print the version")
-    p.set_defaults(func=lambda _: print(__version__) or 0)
+    p.set_defaults(func=cmd_version)
     return parser
 
 

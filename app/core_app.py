@@ -10,6 +10,7 @@ from typing import Any
 
 import faust
 
+from app import faust_fixes
 from app.kafka import ssl_context
 from app.settings import KafkaSettings, Settings, load_settings
 
@@ -49,6 +50,12 @@ def create_app(settings: Settings) -> faust.App:
             None if settings.kafka.compression == "none" else settings.kafka.compression
         ),
         producer_linger_ms=settings.kafka.linger_ms,
+        broker_session_timeout=core.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, core.session_timeout_s / 3),
+        # Outputs are attached to the offset of the event that caused them and published,
+        # and acknowledged, before that offset is committed: at-least-once, never a commit
+        # past an output that is not durable (a failed publish stops the worker instead).
+        stream_publish_on_commit=True,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         autodiscover=False,
@@ -58,15 +65,25 @@ def create_app(settings: Settings) -> faust.App:
     )
 
 
+faust_fixes.apply()
 settings = load_settings()
 app = create_app(settings)
 
-raw_topic = app.topic(settings.topics.raw, key_type=bytes, value_type=bytes,
-                      key_serializer="raw", value_serializer="raw")
-enriched_topic = app.topic(settings.topics.enriched, key_type=bytes, value_type=bytes,
-                           key_serializer="raw", value_serializer="raw")
-dlq_topic = app.topic(settings.topics.dlq, key_type=bytes, value_type=bytes,
-                      key_serializer="raw", value_serializer="raw")
+
+def bytes_topic(name: str, internal: bool = False) -> Any:
+    """Keys and values stay bytes: kubevents decodes itself, so bad input reaches the DLQ."""
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        internal=internal,
+    )
+
+
+raw_topic = bytes_topic(settings.topics.raw)
+enriched_topic = bytes_topic(settings.topics.enriched)
+dlq_topic = bytes_topic(settings.topics.dlq)
 # Repartition topic for counting: keyed by what is counted (DESIGN decision 3).
-counts_topic = app.topic(f"{settings.core.app_id}-counts", key_type=bytes, value_type=bytes,
-                         key_serializer="raw", value_serializer="raw", internal=True)
+counts_topic = bytes_topic(f"{settings.core.app_id}-counts", internal=True)

@@ -7,14 +7,14 @@ the core pipeline has seen; only a newer version (its count grew, or it changed)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from app.normalize import NormalizedEvent
 from app.timeutil import format_time
 
 
-class Verdict(str, Enum):
+class Verdict(StrEnum):
     NEW = "new"  # first time this uid is seen
     UPDATE = "update"  # a newer version of a known uid
     DUPLICATE = "duplicate"  # the same version again

@@ -148,8 +148,10 @@ class LeaseElector:
             if held:
                 self._last_renew = now
                 self._set_leader(True)
-            elif self.is_leader and (now - self._last_renew > self.duration * 0.8 or
-                                     self.holder not in (None, self.identity)):
+            elif self.is_leader and (
+                now - self._last_renew > self.duration * 0.8
+                or self.holder not in (None, self.identity)
+            ):
                 # Step down before the Lease can be seen as expired by another replica.
                 self._set_leader(False)
             stop.wait(self.period if self.is_leader else max(0.5, self.period / 2))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import Any, cast
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import OffsetAndMetadata
 
 from app.errors import UserError
 from app.settings import KafkaSettings, TopicSettings
@@ -24,7 +26,7 @@ def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
     if kafka.ssl_insecure_skip_verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    return cast(ssl.SSLContext, ctx)
 
 
 def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
@@ -69,8 +71,10 @@ def unreachable(kafka: KafkaSettings, exc: Exception) -> UserError:
     )
 
 
-async def ensure_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str]:
-    """Create kubevents' topics if missing; returns the ones created."""
+async def ensure_topics(
+    kafka: KafkaSettings, topics: TopicSettings, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """Create kubevents' topics (and ``extra`` ones) if missing; returns the ones created."""
     admin = AIOKafkaAdminClient(**client_kwargs(kafka), client_id="kubevents-admin")
     try:
         await admin.start()
@@ -79,7 +83,7 @@ async def ensure_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str
     created: list[str] = []
     try:
         existing = set(await admin.list_topics())
-        wanted = [t for t in (topics.raw, topics.enriched, topics.dlq) if t not in existing]
+        wanted = [t for t in (topics.raw, topics.enriched, topics.dlq, *extra) if t not in existing]
         for name in wanted:
             try:
                 await admin.create_topics(
@@ -91,3 +95,40 @@ async def ensure_topics(kafka: KafkaSettings, topics: TopicSettings) -> list[str
     finally:
         await admin.close()
     return created
+
+
+async def pin_unstarted_partitions(kafka: KafkaSettings, group: str, topics: list[str]) -> int:
+    """Commit the log-start offset for every partition the group has never committed.
+
+    A partition that moves to another worker before its first commit must not be started
+    "wherever the consumer happens to be": the test of two workers lost the first records of
+    such partitions. With an explicit offset, a new owner starts at the beginning. Returns the
+    number of partitions pinned; does nothing once the group has members (they own it then).
+    """
+    consumer = AIOKafkaConsumer(**client_kwargs(kafka), group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        if not tps:
+            await consumer._client.force_metadata_update()
+            tps = [
+                TopicPartition(t, p)
+                for t in topics
+                for p in sorted(consumer.partitions_for_topic(t) or ())
+            ]
+        consumer.assign(tps)
+        missing = [tp for tp in tps if await consumer.committed(tp) is None]
+        if not missing:
+            return 0
+        starts = await consumer.beginning_offsets(missing)
+        try:
+            await consumer.commit({tp: OffsetAndMetadata(off, "") for tp, off in starts.items()})
+        except KafkaError:
+            return 0  # the group is active: its members commit for themselves
+        return len(missing)
+    finally:
+        await consumer.stop()

@@ -8,6 +8,7 @@ pipeline wants the object exactly as the API server sent it anyway.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import ssl
@@ -34,8 +35,8 @@ class ApiError(Exception):
 
 
 class RateLimiter:
-    """Token bucket shared by every request of one client (the API server's own guard is the
-    priority-and-fairness queue; this keeps kubevents a polite client, like client-go's QPS/burst)."""
+    """Token bucket shared by every request of one client, like client-go's QPS/burst: the
+    API server's own guard is its priority-and-fairness queue; this keeps kubevents polite."""
 
     def __init__(self, qps: float, burst: int):
         self._qps, self._burst = qps, float(burst)
@@ -61,19 +62,19 @@ def load_configuration(settings: KubernetesSettings) -> Configuration:
     explicit = settings.kubeconfig
     if explicit is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         try:
-            kube_config.load_incluster_config(client_configuration=cfg)
+            kube_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
             return cfg
         except ConfigException as exc:
             raise UserError(f"in-cluster Kubernetes config unusable: {exc}") from None
     path = str(explicit or os.environ.get("KUBECONFIG") or Path.home() / ".kube" / "config")
-    path = path.split(os.pathsep)[0]
+    path = path.split(os.pathsep, maxsplit=1)[0]
     if not Path(path).is_file():
         raise UserError(
             f"kubeconfig {path!r} does not exist: set KUBEVENTS_KUBERNETES_KUBECONFIG or KUBECONFIG"
             " to a kubeconfig file, or run inside a cluster"
         )
     try:
-        kube_config.load_kube_config(
+        kube_config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=path, context=settings.context, client_configuration=cfg
         )
     except (ConfigException, ValueError, KeyError, TypeError, OSError) as exc:
@@ -127,8 +128,9 @@ class KubeClient:
 
     def clone(self) -> KubeClient:
         """A client with its own connections (one per watch) sharing the rate limit."""
-        return KubeClient(self.cfg, qps=self.qps, burst=self.burst, timeout_s=self.timeout_s,
-                          limiter=self.limiter)
+        return KubeClient(
+            self.cfg, qps=self.qps, burst=self.burst, timeout_s=self.timeout_s, limiter=self.limiter
+        )
 
     def _headers(self, content_type: str | None = None) -> dict[str, str]:
         headers = {"Accept": "application/json", "User-Agent": "kubevents"}
@@ -170,8 +172,10 @@ class KubeClient:
                 f" ({exc}); check the server address in the kubeconfig and that the cluster is up"
             ) from exc
         if resp.status >= 400:
-            text = resp.data.decode(errors="replace") if not stream else resp.read().decode(
-                errors="replace"
+            text = (
+                resp.data.decode(errors="replace")
+                if not stream
+                else resp.read().decode(errors="replace")
             )
             raise ApiError(resp.status, resp.reason or "", text, path)
         return resp
@@ -191,8 +195,9 @@ class KubeClient:
     ) -> Iterator[list[dict[str, Any]]]:
         """Yield watch notifications ({'type', 'object'}), a list per chunk read, until the server
         ends the watch or ``stop`` is set (``interrupt`` closes the socket to wake us)."""
-        resp = self.request("GET", path, {**query, "watch": "true"}, stream=True,
-                            timeout_s=timeout_s)
+        resp = self.request(
+            "GET", path, {**query, "watch": "true"}, stream=True, timeout_s=timeout_s
+        )
         self._watch_resp = resp
         try:
             buffer = b""
@@ -218,10 +223,8 @@ class KubeClient:
         """Wake a thread blocked reading a watch (used on shutdown and on losing the lease)."""
         resp = self._watch_resp
         if resp is not None:
-            try:
+            with contextlib.suppress(Exception):
                 resp.shutdown()
-            except Exception:
-                pass
 
     def close(self) -> None:
         self.http.clear()
@@ -231,11 +234,15 @@ def explain_api_error(exc: Exception, what: str) -> str:
     """One line for a failed API call: what went wrong and what to do."""
     if isinstance(exc, ApiError):
         if exc.status == 401:
-            return (f"the Kubernetes API server rejected the credentials (401) while trying to"
-                    f" {what}: refresh the kubeconfig's token or certificate")
+            return (
+                f"the Kubernetes API server rejected the credentials (401) while trying to"
+                f" {what}: refresh the kubeconfig's token or certificate"
+            )
         if exc.status == 403:
-            return (f"permission denied (403) to {what}: {_message(exc.body)}; grant it with the"
-                    " ClusterRole in deploy/kubernetes/rbac.yaml")
+            return (
+                f"permission denied (403) to {what}: {_message(exc.body)}; grant it with the"
+                " ClusterRole in deploy/kubernetes/rbac.yaml"
+            )
         if exc.status == 404:
             return f"not found (404) while trying to {what}: is the API ({exc.path}) served?"
         return f"the Kubernetes API server answered {exc.status} to {what}: {_message(exc.body)}"

@@ -89,7 +89,8 @@ def normalize(raw: RawEvent, *, default_cluster: str) -> NormalizedEvent:
     if not isinstance(meta, dict) or not _str(meta.get("uid")):
         raise DecodeError("event without metadata.uid")
 
-    series = obj.get("series") if isinstance(obj.get("series"), dict) else {}
+    series: dict[str, Any] = obj["series"] if isinstance(obj.get("series"), dict) else {}
+    source: dict[str, Any]
     if new_api:
         source = obj.get("deprecatedSource") or {}
         message = _str(obj.get("note"))

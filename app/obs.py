@@ -1,4 +1,4 @@
-"""Observability shared by every process: structured logs and the /healthz, /readyz, /metrics server."""
+"""Observability for every process: structured logs; the /healthz, /readyz, /metrics server."""
 
 from __future__ import annotations
 
@@ -48,9 +48,7 @@ def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
-async def start_http(
-    host: str, port: int, ready: Callable[[], tuple[bool, str]]
-) -> web.AppRunner:
+async def start_http(host: str, port: int, ready: Callable[[], tuple[bool, str]]) -> web.AppRunner:
     """Serve /healthz (alive), /readyz (``ready()`` says so, with the reason) and /metrics."""
 
     async def healthz(_: web.Request) -> web.Response:

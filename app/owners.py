@@ -1,4 +1,4 @@
-"""Owner chains (Pod -> ReplicaSet -> Deployment, Job -> CronJob ...) with a bounded, expiring cache.
+"""Owner chains (Pod -> ReplicaSet -> Deployment, Job -> CronJob ...), bounded expiring cache.
 
 ``OwnerResolver`` is pure logic around an injected ``fetch`` (apiVersion, kind, namespace, name)
 -> object metadata or None, so it is tested without an API server; ``kube_fetcher`` is the real one.
@@ -100,7 +100,9 @@ class OwnerResolver:
                 }
             )
             parent = self._metadata(
-                str(ref.get("apiVersion", "")), str(ref.get("kind", "")), namespace,
+                str(ref.get("apiVersion", "")),
+                str(ref.get("kind", "")),
+                namespace,
                 str(ref.get("name", "")),
             )
             if parent is None:

@@ -48,8 +48,7 @@ def dlq_output(reason: str, value: bytes | None, origin: Origin) -> Output:
     doc = {
         "reason": reason,
         "failed_at": now_iso(),
-        "source": {"topic": origin.topic, "partition": origin.partition,
-                   "offset": origin.offset},
+        "source": {"topic": origin.topic, "partition": origin.partition, "offset": origin.offset},
         "key": origin.key.decode(errors="replace") if origin.key else None,
         "value_base64": base64.b64encode(value).decode() if value is not None else None,
         "value_text": text if text is not None and len(text) <= 65536 else None,
@@ -73,8 +72,12 @@ def count_outputs(event: NormalizedEvent, delta: int) -> list[Output]:
         "namespace": event.namespace,
         "reason": event.reason,
         "type": event.type,
-        "object": {"kind": event.involved.kind, "name": event.involved.name,
-                   "namespace": event.involved.namespace, "uid": event.involved.uid},
+        "object": {
+            "kind": event.involved.kind,
+            "name": event.involved.name,
+            "namespace": event.involved.namespace,
+            "uid": event.involved.uid,
+        },
     }
     ts = event.last_seen.timestamp()
     return [Output("counts", k.encode(), json.dumps({**body, "key": k}).encode(), ts) for k in keys]

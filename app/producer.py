@@ -26,7 +26,7 @@ log = logging.getLogger("kubevents.producer")
 
 def preflight(client: KubeClient, settings: Settings) -> None:
     """Fail fast, in one line, on an unreachable API server or missing permissions."""
-    scopes = settings.producer.namespaces or [None]
+    scopes: list[str | None] = [*settings.producer.namespaces] or [None]
     for ns in scopes:
         path = events_path(settings.producer.api, ns)
         what = f"list events in {'namespace ' + ns if ns else 'all namespaces'}"
@@ -36,16 +36,22 @@ def preflight(client: KubeClient, settings: Settings) -> None:
             raise UserError(explain_api_error(exc, what)) from None
         # A watch needs its own verb: check it too, with a request that returns at once.
         try:
-            for _ in client.watch_batches(path, {"limit": 1, "timeoutSeconds": 1}, 5,
-                                          threading.Event()):
+            for _ in client.watch_batches(
+                path, {"limit": 1, "timeoutSeconds": 1}, 5, threading.Event()
+            ):
                 break
         except (ApiError, ConnectionError) as exc:
             raise UserError(explain_api_error(exc, what.replace("list", "watch"))) from None
 
 
 class Producer:
-    def __init__(self, settings: Settings, client: KubeClient, publisher: Publisher,
-                 loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self,
+        settings: Settings,
+        client: KubeClient,
+        publisher: Publisher,
+        loop: asyncio.AbstractEventLoop,
+    ):
         self.settings, self.client, self.publisher, self.loop = settings, client, publisher, loop
         self.fatal: asyncio.Future[BaseException] = loop.create_future()
         self._sources: list[EventSource] = []
@@ -73,11 +79,16 @@ class Producer:
         """Begin list+watch (on becoming leader). A new leader always re-lists."""
         with self._lock:
             self._source_stop = threading.Event()
-            scopes = self.settings.producer.namespaces or [None]
+            scopes: list[str | None] = [*self.settings.producer.namespaces] or [None]
             self._sources = [
-                EventSource(self.client.clone(), self.settings.producer, self.sink,
-                            cluster=self.settings.cluster.name, namespace=ns,
-                            stop=self._source_stop)
+                EventSource(
+                    self.client.clone(),
+                    self.settings.producer,
+                    self.sink,
+                    cluster=self.settings.cluster.name,
+                    namespace=ns,
+                    stop=self._source_stop,
+                )
                 for ns in scopes
             ]
             for src in self._sources:
@@ -119,9 +130,14 @@ async def run(settings: Settings) -> int:
     if settings.producer.leader_election:
         p = settings.producer
         elector = LeaseElector(
-            client.clone(), namespace=p.lease_namespace, name=p.lease_name, identity=p.identity,
-            lease_duration_s=p.lease_duration_s, renew_period_s=p.renew_period_s,
-            on_started=producer.start_sources, on_stopped=producer.stop_sources,
+            client.clone(),
+            namespace=p.lease_namespace,
+            name=p.lease_name,
+            identity=p.identity,
+            lease_duration_s=p.lease_duration_s,
+            renew_period_s=p.renew_period_s,
+            on_started=producer.start_sources,
+            on_stopped=producer.stop_sources,
         )
         producer._thread("lease", lambda: elector.run(stop_all) if elector else None)
     else:
@@ -129,13 +145,25 @@ async def run(settings: Settings) -> int:
 
     runner = None
     if settings.producer.http_port:
-        runner = await start_http(settings.producer.http_bind, settings.producer.http_port, producer.ready)
+        runner = await start_http(
+            settings.producer.http_bind, settings.producer.http_port, producer.ready
+        )
     stopping = loop.create_future()
+
+    def request_stop() -> None:
+        if not stopping.done():
+            stopping.set_result(None)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: stopping.done() or stopping.set_result(None))
-    log.info("producer started", extra={"identity": settings.producer.identity,
-                                        "topic": settings.topics.raw,
-                                        "leader_election": settings.producer.leader_election})
+        loop.add_signal_handler(sig, request_stop)
+    log.info(
+        "producer started",
+        extra={
+            "identity": settings.producer.identity,
+            "topic": settings.topics.raw,
+            "leader_election": settings.producer.leader_election,
+        },
+    )
     done, _ = await asyncio.wait([stopping, producer.fatal], return_when=asyncio.FIRST_COMPLETED)
     stop_all.set()
     producer.stop_sources()
@@ -147,8 +175,8 @@ async def run(settings: Settings) -> int:
     if runner is not None:
         await runner.cleanup()
     if producer.fatal in done:
-        exc = producer.fatal.result()
-        if isinstance(exc, ApiError | ConnectionError):
-            raise UserError(explain_api_error(exc, "list/watch events")) from None
-        raise exc
+        failure = producer.fatal.result()
+        if isinstance(failure, ApiError | ConnectionError):
+            raise UserError(explain_api_error(failure, "list/watch events")) from None
+        raise failure
     return 0

@@ -73,7 +73,9 @@ class Publisher:
             log.warning(
                 "Kafka did not acknowledge a record (%s: %s); retrying, %d in flight,"
                 " reading paused while the buffer is full",
-                type(exc).__name__, exc, self._pending,
+                type(exc).__name__,
+                exc,
+                self._pending,
             )
         delay = min(5.0, 0.2 * 2**attempt)
         asyncio.get_running_loop().call_later(

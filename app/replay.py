@@ -73,8 +73,9 @@ def _progress(done: int, total: int, started: float) -> None:
     rate = done / max(time.monotonic() - started, 1e-6)
     width = 30
     filled = int(width * done / total) if total else width
-    sys.stderr.write(f"\rreplay [{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
-                     f" {rate:,.0f} events/s")
+    sys.stderr.write(
+        f"\rreplay [{'#' * filled}{'.' * (width - filled)}] {done}/{total} {rate:,.0f} events/s"
+    )
     sys.stderr.flush()
 
 
@@ -91,11 +92,18 @@ async def replay(settings: Settings, stream: IO[str], name: str, *, progress: bo
     try:
         for start in range(0, len(events), 500):
             chunk = events[start : start + 500]
-            await publisher.publish([
-                build_raw(obj, watch_type="ADDED", via="replay", cluster=settings.cluster.name,
-                          producer="replay")
-                for obj in chunk
-            ])
+            await publisher.publish(
+                [
+                    build_raw(
+                        obj,
+                        watch_type="ADDED",
+                        via="replay",
+                        cluster=settings.cluster.name,
+                        producer="replay",
+                    )
+                    for obj in chunk
+                ]
+            )
             if progress:
                 _progress(start + len(chunk), len(events), started)
         await publisher.drain()

@@ -26,6 +26,11 @@ CsvList = Annotated[list[str], NoDecode]
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 
 
+def _pod_namespace() -> str | None:
+    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    return path.read_text().strip() if path.is_file() else None
+
+
 def _split_csv(value: Any) -> Any:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -95,7 +100,10 @@ class ProducerSettings(BaseModel):
     backoff_max_s: float = Field(30.0, gt=0, description="Longest reconnect backoff, seconds.")
     leader_election: bool = Field(True, description="Only the Lease holder publishes.")
     lease_name: str = "kubevents-producer"
-    lease_namespace: str = Field("default", description="Namespace of the Lease.")
+    lease_namespace: str = Field(
+        default_factory=lambda: _pod_namespace() or "default",
+        description="Namespace of the Lease (in a cluster: the pod's own).",
+    )
     lease_duration_s: float = Field(15.0, gt=0, description="Lease validity, seconds.")
     renew_period_s: float = Field(5.0, gt=0, description="How often the leader renews, seconds.")
     identity: str = Field(
@@ -112,13 +120,19 @@ class CoreSettings(BaseModel):
     app_id: str = Field("kubevents-core", description="Faust app id = consumer group.")
     store: str = Field("memory://", description="Table store: memory:// or rocksdb://.")
     data_dir: Path = Field(Path("kubevents-data"), description="Faust data dir (RocksDB).")
-    web_host: str = Field("127.0.0.1", description="Host name in this worker's URL.")
+    web_host: str = Field(
+        default_factory=socket.gethostname,
+        description="Host name in this worker's URL (default: the host name).",
+    )
     web_bind: str = Field("127.0.0.1", description="Listen address; 0.0.0.0 in containers.")
     web_port: int = Field(6066, ge=1, le=65535)
     canonical_url: str | None = Field(
         None, description="URL other workers use to reach this one (table routing)."
     )
-    standby_replicas: int = Field(1, ge=0)
+    standby_replicas: int = Field(1, ge=0, description="Warm table copies on other workers.")
+    session_timeout_s: float = Field(
+        30.0, gt=0, description="A worker silent this long is dead: its partitions move, s."
+    )
     max_record_bytes: int = Field(1 << 20, ge=1024, description="Larger raw records go to DLQ.")
     dedupe_ttl_s: float = Field(
         4500.0, gt=0, description="Keep an event uid this long (API server keeps events 1 h)."

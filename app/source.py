@@ -69,8 +69,13 @@ class EventSource:
         }
 
     def _raw(self, obj: dict[str, Any], watch_type: str, via: str) -> tuple[bytes, bytes]:
-        return build_raw(obj, watch_type=watch_type, via=via, cluster=self.cluster,
-                         producer=self.settings.identity)
+        return build_raw(
+            obj,
+            watch_type=watch_type,
+            via=via,
+            cluster=self.cluster,
+            producer=self.settings.identity,
+        )
 
     def list_all(self) -> str:
         """Publish every event, page by page; return the snapshot's resourceVersion."""
@@ -79,8 +84,8 @@ class EventSource:
         while not self.stop.is_set():
             try:
                 page = self.client.get_json(
-                    self.path, {**self._selectors, "limit": self.settings.list_page_size,
-                                "continue": cont},
+                    self.path,
+                    {**self._selectors, "limit": self.settings.list_page_size, "continue": cont},
                 )
             except ApiError as exc:
                 if exc.status == 410 and cont:  # continue token expired mid-list: start over
@@ -124,8 +129,12 @@ class EventSource:
                     if kind == "ERROR":
                         if obj.get("code") == 410:
                             raise Gone(obj.get("message", "410 Gone"))
-                        raise ApiError(int(obj.get("code") or 500), str(obj.get("reason", "")),
-                                       str(obj.get("message", "")), self.path)
+                        raise ApiError(
+                            int(obj.get("code") or 500),
+                            str(obj.get("reason", "")),
+                            str(obj.get("message", "")),
+                            self.path,
+                        )
                     rv = (obj.get("metadata") or {}).get("resourceVersion")
                     if kind in ("ADDED", "MODIFIED") or (
                         kind == "DELETED" and self.settings.include_deleted
@@ -153,8 +162,13 @@ class EventSource:
                 if self.resource_version is None:
                     RELISTS.labels(relist_reason).inc()
                     self.resource_version = self.list_all()
-                    log.info("listed events", extra={"scope": self.namespace or "*",
-                                                     "resource_version": self.resource_version})
+                    log.info(
+                        "listed events",
+                        extra={
+                            "scope": self.namespace or "*",
+                            "resource_version": self.resource_version,
+                        },
+                    )
                 self.watch_once(self.resource_version)
                 WATCH_RESTARTS.labels("timeout").inc()
                 failures = 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 from aiokafka.partitioner import murmur2
@@ -19,8 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.core_app import app
 from tables.counts import WINDOWS, hopping, tumbling
 
-FIELDS = {"reason": ("namespace", "reason", "type"),
-          "object": ("namespace", "kind", "name", "uid")}
+FIELDS = {"reason": ("namespace", "reason", "type"), "object": ("namespace", "kind", "name", "uid")}
 
 
 def parse_key(key: str) -> dict[str, str] | None:
@@ -52,7 +51,7 @@ def _at(query: Any) -> float:
 def window_value(window: Any, key: str, at: float) -> int:
     # The earliest window containing ``at``: for a hopping window the one covering the most
     # history (the last hour for size 1 h), for a tumbling window the only one.
-    earliest = window.table.window.ranges(at)[0]
+    earliest = cast(Any, window.table.window).ranges(at)[0]
     return int(window[key][earliest])
 
 
@@ -79,10 +78,15 @@ def top(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 
 
 def _window_info(name: str, at: float) -> dict[str, Any]:
-    w = (tumbling if name != "hopping" else hopping).table.window
+    w = cast(Any, (tumbling if name != "hopping" else hopping).table.window)
     start, end = w.ranges(at)[0]
-    return {"name": name, "size_s": w.size, "step_s": getattr(w, "step", w.size),
-            "start": start, "end": end}
+    return {
+        "name": name,
+        "size_s": w.size,
+        "step_s": getattr(w, "step", w.size),
+        "start": start,
+        "end": end,
+    }
 
 
 @app.page("/counts/local/")
@@ -110,21 +114,22 @@ async def counts_all(web: Any, request: Any) -> Any:
                 body = await resp.json()
                 return list(body["rows"])
 
-        results = await asyncio.gather(*(fetch(h) for h in sorted(hosts)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(*(fetch(h) for h in sorted(hosts)), return_exceptions=True)
     missing = []
     for host, result in zip(sorted(hosts), results, strict=True):
         if isinstance(result, BaseException):
             missing.append(host)
         else:
             rows.extend(result)
-    return web.json({
-        "window": _window_info(query.get("window", "tumbling"), _at(query)),
-        "dim": query.get("dim", "reason"),
-        "rows": top(rows, n),
-        "workers": 1 + len(hosts) - len(missing),
-        "unreachable_workers": missing,
-    })
+    return web.json(
+        {
+            "window": _window_info(query.get("window", "tumbling"), _at(query)),
+            "dim": query.get("dim", "reason"),
+            "rows": top(rows, n),
+            "workers": 1 + len(hosts) - len(missing),
+            "unreachable_workers": missing,
+        }
+    )
 
 
 def owner_of(key: str) -> str | None:
@@ -143,8 +148,10 @@ async def counts_key(web: Any, request: Any) -> Any:
     """One key's counts, answered by the worker that owns it (forwarded if not this one)."""
     key = request.query.get("key")
     if not key or parse_key(key) is None:
-        return web.json({"error": "key=reason|<ns>|<reason>|<type> or object|<ns>|<kind>|"
-                                  "<name>|<uid>"}, status=400)
+        return web.json(
+            {"error": "key=reason|<ns>|<reason>|<type> or object|<ns>|<kind>|<name>|<uid>"},
+            status=400,
+        )
     owner = owner_of(key)
     me = str(app.conf.canonical_url).rstrip("/")
     if owner is not None and owner != me and "forwarded" not in request.query:
@@ -153,13 +160,20 @@ async def counts_key(web: Any, request: Any) -> Any:
             async with session.get(f"{owner}/counts/key/", params=params) as resp:
                 return web.json(await resp.json(), status=resp.status)
     at = _at(request.query)
-    return web.json({"key": key, "worker": me, "tumbling": window_value(tumbling, key, at),
-                     "hopping": window_value(hopping, key, at)})
+    return web.json(
+        {
+            "key": key,
+            "worker": me,
+            "tumbling": window_value(tumbling, key, at),
+            "hopping": window_value(hopping, key, at),
+        }
+    )
 
 
 @app.page("/metrics")
 async def metrics(web: Any, request: Any) -> Any:
-    return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+    # aiohttp wants the charset apart from the content type.
+    return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
 
 @app.page("/healthz")
@@ -169,7 +183,9 @@ async def healthz(web: Any, request: Any) -> Any:
 
 @app.page("/readyz")
 async def readyz(web: Any, request: Any) -> Any:
-    recovering = not app.tables.recovery.completed.is_set()
+    recovering = not cast(Any, app.tables).recovery.completed.is_set()
     ready = app.consumer is not None and not recovering
-    return web.json({"ready": ready, "reason": "recovering tables" if recovering else "running"},
-                    status=200 if ready else 503)
+    return web.json(
+        {"ready": ready, "reason": "recovering tables" if recovering else "running"},
+        status=200 if ready else 503,
+    )

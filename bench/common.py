@@ -24,9 +24,13 @@ def peak_rss_mib(pid: int) -> float:
 
 def start(args: list[str], env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
     out = open(ROOT / ".stack" / "logs" / log, "wb")  # noqa: SIM115 (lives as long as the process)
-    return subprocess.Popen([sys.executable, "-m", "app.cli", *args], cwd=ROOT,
-                            env={**os.environ, "KUBEVENTS_LOG_FORMAT": "text", **env},
-                            stdout=out, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, "KUBEVENTS_LOG_FORMAT": "text", **env},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
 
 
 async def topic_size(brokers: str, topic: str) -> int:
@@ -43,10 +47,12 @@ async def topic_size(brokers: str, topic: str) -> int:
         await consumer.stop()
 
 
-def wait_topic_size(brokers: str, topic: str, n: int, timeout_s: float,
-                    proc: subprocess.Popen[bytes] | None = None) -> tuple[float, float, float]:
+def wait_topic_size(
+    brokers: str, topic: str, n: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None
+) -> tuple[float, float, float]:
     """Poll until the topic holds n messages; returns (first_seen, done, peak_rss_mib)."""
-    first = done = float("nan")
+    first: float | None = None
+    done = float("nan")
     peak = 0.0
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -54,10 +60,10 @@ def wait_topic_size(brokers: str, topic: str, n: int, timeout_s: float,
         now = time.monotonic()
         if proc is not None and proc.poll() is None:
             peak = max(peak, peak_rss_mib(proc.pid))
-        if size > 0 and first != first:  # first is NaN until then
+        if size > 0 and first is None:
             first = now
         if size >= n:
             done = now
             break
         time.sleep(0.2)
-    return first, done, peak
+    return (first if first is not None else float("nan")), done, peak

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import time
 import uuid
@@ -33,26 +34,46 @@ def make_messages(m: int) -> list[tuple[bytes, bytes]]:
         versions = 2 if i % 5 == 0 else 1
         for v in range(versions):
             obj = {
-                "kind": "Event", "apiVersion": "v1",
-                "metadata": {"name": f"e{i}", "namespace": f"ns{i % 20}", "uid": f"uid-{i}",
-                             "resourceVersion": str(1000 + v)},
-                "involvedObject": {"kind": "Pod", "name": f"pod-{i % 2000}",
-                                   "namespace": f"ns{i % 20}", "uid": f"pod-{i % 2000}",
-                                   "apiVersion": "v1"},
+                "kind": "Event",
+                "apiVersion": "v1",
+                "metadata": {
+                    "name": f"e{i}",
+                    "namespace": f"ns{i % 20}",
+                    "uid": f"uid-{i}",
+                    "resourceVersion": str(1000 + v),
+                },
+                "involvedObject": {
+                    "kind": "Pod",
+                    "name": f"pod-{i % 2000}",
+                    "namespace": f"ns{i % 20}",
+                    "uid": f"pod-{i % 2000}",
+                    "apiVersion": "v1",
+                },
                 "reason": ("BackOff", "Pulled", "Scheduled", "FailedMount")[i % 4],
-                "message": "benchmark", "type": "Warning" if i % 4 in (0, 3) else "Normal",
-                "count": 1 + v, "firstTimestamp": now, "lastTimestamp": now,
+                "message": "benchmark",
+                "type": "Warning" if i % 4 in (0, 3) else "Normal",
+                "count": 1 + v,
+                "firstTimestamp": now,
+                "lastTimestamp": now,
                 "source": {"component": "bench"},
             }
-            out.append(build_raw(obj, watch_type="MODIFIED" if v else "ADDED", via="watch",
-                                 cluster="bench", producer="bench"))
+            out.append(
+                build_raw(
+                    obj,
+                    watch_type="MODIFIED" if v else "ADDED",
+                    via="watch",
+                    cluster="bench",
+                    producer="bench",
+                )
+            )
         i += 1
     return out[:m]
 
 
 async def preload(brokers: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=20,
-                                max_batch_size=1 << 20)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=brokers, acks="all", linger_ms=20, max_batch_size=1 << 20
+    )
     await producer.start()
     for key, value in messages:
         await producer.send(topic, value, key=key)
@@ -60,8 +81,13 @@ async def preload(brokers: str, topic: str, messages: list[tuple[bytes, bytes]])
 
 
 async def bare_loop(brokers: str, src: str, dst: str, m: int) -> float:
-    consumer = AIOKafkaConsumer(src, bootstrap_servers=brokers, group_id=f"bare-{uuid.uuid4()}",
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        src,
+        bootstrap_servers=brokers,
+        group_id=f"bare-{uuid.uuid4()}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all", linger_ms=20)
     await consumer.start()
     await producer.start()
@@ -72,9 +98,15 @@ async def bare_loop(brokers: str, src: str, dst: str, m: int) -> float:
         for msgs in batch.values():
             for msg in msgs:
                 event = normalize(parse_raw(msg.value, max_bytes=1 << 20), default_cluster="b")
-                futures.append(await producer.send(dst, json.dumps(
-                    {"uid": event.uid, "count": event.count, "raw": event.raw}).encode(),
-                    key=msg.key))
+                futures.append(
+                    await producer.send(
+                        dst,
+                        json.dumps(
+                            {"uid": event.uid, "count": event.count, "raw": event.raw}
+                        ).encode(),
+                        key=msg.key,
+                    )
+                )
                 seen += 1
         await asyncio.gather(*futures)
         await consumer.commit()
@@ -97,26 +129,37 @@ def main() -> None:
     print(f"preloaded {len(messages)} raw messages in {time.monotonic() - t:.1f}s")
 
     bare_s = asyncio.run(bare_loop(brokers, raw_topic, f"bench-{tag}-bare", len(messages)))
-    env = {"KUBEVENTS_TOPICS_RAW": raw_topic, "KUBEVENTS_TOPICS_ENRICHED": f"bench-{tag}-events",
-           "KUBEVENTS_TOPICS_DLQ": f"bench-{tag}-dlq", "KUBEVENTS_CORE_APP_ID": f"bench-{tag}",
-           "KUBEVENTS_CORE_OWNER_LOOKUP": "false", "KUBEVENTS_CORE_WEB_PORT": "16066"}
+    env = {
+        "KUBEVENTS_TOPICS_RAW": raw_topic,
+        "KUBEVENTS_TOPICS_ENRICHED": f"bench-{tag}-events",
+        "KUBEVENTS_TOPICS_DLQ": f"bench-{tag}-dlq",
+        "KUBEVENTS_CORE_APP_ID": f"bench-{tag}",
+        "KUBEVENTS_CORE_OWNER_LOOKUP": "false",
+        "KUBEVENTS_CORE_WEB_PORT": "16066",
+    }
     started = time.monotonic()
     proc = start(["worker", "--pipeline", "core", "--loglevel", "warning"], env, "bench-core.log")
-    first, done, peak = wait_topic_size(brokers, f"bench-{tag}-events", len(messages),
-                                        timeout_s=1800, proc=proc)
+    first, done, peak = wait_topic_size(
+        brokers, f"bench-{tag}-events", len(messages), timeout_s=1800, proc=proc
+    )
     proc.terminate()
     proc.wait(60)
     m = len(messages)
     bare_rate = m / bare_s
-    core_rate = m / (done - first) if done == done else 0.0
-    print(json.dumps({
-        "messages": m,
-        "bare_loop_events_per_s": round(bare_rate),
-        "core_events_per_s_after_first": round(core_rate),
-        "core_events_per_s_wall": round(m / (done - started)) if done == done else 0,
-        "ratio_after_first": round(core_rate / bare_rate, 3),
-        "core_peak_rss_mib": round(peak, 1),
-    }, indent=2))
+    core_rate = 0.0 if math.isnan(done) else m / (done - first)
+    print(
+        json.dumps(
+            {
+                "messages": m,
+                "bare_loop_events_per_s": round(bare_rate),
+                "core_events_per_s_after_first": round(core_rate),
+                "core_events_per_s_wall": 0 if math.isnan(done) else round(m / (done - started)),
+                "ratio_after_first": round(core_rate / bare_rate, 3),
+                "core_peak_rss_mib": round(peak, 1),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Benchmark: API server -> Kafka through `kubevents produce`, against a bare lister in the same run.
+"""Benchmark: API server -> Kafka via `kubevents produce`, against a bare lister in the same run.
 
 Creates N events in a fresh namespace, then measures
   * bare:     a paginated LIST of those events that reads every page and discards it;
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 import uuid
@@ -22,20 +23,37 @@ from bench.common import start, wait_topic_size
 
 
 def create_events(client: KubeClient, ns: str, n: int) -> None:
-    client.send_json("POST", "/api/v1/namespaces",
-                     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    client.send_json(
+        "POST",
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+    )
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     def one(i: int) -> None:
-        client.send_json("POST", f"/api/v1/namespaces/{ns}/events", {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"bench.{i}", "namespace": ns},
-            "involvedObject": {"kind": "Pod", "name": f"pod-{i % 500}", "namespace": ns,
-                               "uid": f"uid-{i % 500}", "apiVersion": "v1"},
-            "reason": "Bench", "message": f"benchmark event {i}", "type": "Normal", "count": 1,
-            "firstTimestamp": stamp, "lastTimestamp": stamp,
-            "source": {"component": "bench"},
-        })
+        client.send_json(
+            "POST",
+            f"/api/v1/namespaces/{ns}/events",
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"bench.{i}", "namespace": ns},
+                "involvedObject": {
+                    "kind": "Pod",
+                    "name": f"pod-{i % 500}",
+                    "namespace": ns,
+                    "uid": f"uid-{i % 500}",
+                    "apiVersion": "v1",
+                },
+                "reason": "Bench",
+                "message": f"benchmark event {i}",
+                "type": "Normal",
+                "count": 1,
+                "firstTimestamp": stamp,
+                "lastTimestamp": stamp,
+                "source": {"component": "bench"},
+            },
+        )
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(one, range(n)))
@@ -65,22 +83,29 @@ def main() -> None:
 
     n, bare_s = bare_list(client, ns)
     topic = f"bench-raw-{uuid.uuid4().hex[:6]}"
-    env = {"KUBEVENTS_TOPICS_RAW": topic, "KUBEVENTS_PRODUCER_NAMESPACES": ns,
-           "KUBEVENTS_PRODUCER_LEADER_ELECTION": "false", "KUBEVENTS_PRODUCER_HTTP_PORT": "0",
-           "KUBEVENTS_KUBERNETES_QPS": "1000", "KUBEVENTS_KUBERNETES_BURST": "1000"}
+    env = {
+        "KUBEVENTS_TOPICS_RAW": topic,
+        "KUBEVENTS_PRODUCER_NAMESPACES": ns,
+        "KUBEVENTS_PRODUCER_LEADER_ELECTION": "false",
+        "KUBEVENTS_PRODUCER_HTTP_PORT": "0",
+        "KUBEVENTS_KUBERNETES_QPS": "1000",
+        "KUBEVENTS_KUBERNETES_BURST": "1000",
+    }
     started = time.monotonic()
     proc = start(["produce"], env, "bench-producer.log")
     first, done, peak = wait_topic_size(brokers, topic, n, timeout_s=600, proc=proc)
     proc.terminate()
     proc.wait(30)
     client.request("DELETE", f"/api/v1/namespaces/{ns}")
-    steady = n / (done - first) if done == done else 0.0
+    ok = not math.isnan(done)
+    steady = n / (done - first) if ok else 0.0
+    wall = n / (done - started) if ok else 0.0
     result = {
         "events": n,
         "bare_list_events_per_s": round(n / bare_s),
-        "producer_events_per_s_wall": round(n / (done - started)) if done == done else 0,
+        "producer_events_per_s_wall": round(wall),
         "producer_events_per_s_after_first": round(steady),
-        "ratio_wall": round((n / (done - started)) / (n / bare_s), 3) if done == done else 0,
+        "ratio_wall": round(wall / (n / bare_s), 3),
         "ratio_after_first": round(steady / (n / bare_s), 3),
         "producer_peak_rss_mib": round(peak, 1),
     }

@@ -18,8 +18,7 @@ tumbling = app.Table(
 
 hopping = app.Table(
     "counts-hopping", default=int, help="Occurrences per key, hopping window."
-).hopping(core.hopping_size_s, core.hopping_step_s, expires=core.window_expires_s,
-          key_index=True)
+).hopping(core.hopping_size_s, core.hopping_step_s, expires=core.window_expires_s, key_index=True)
 
 applied = ExpiringMap(
     app, "counts-applied", core.dedupe_ttl_s, help="(count key, event uid) -> count applied."

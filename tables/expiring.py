@@ -17,9 +17,7 @@ def _none() -> None:
 class ExpiringMap:
     def __init__(self, app: Any, name: str, ttl_s: float, help: str):
         self.ttl = ttl_s
-        self.table = app.Table(name, default=_none, help=help).tumbling(
-            ttl_s, expires=2 * ttl_s
-        )
+        self.table = app.Table(name, default=_none, help=help).tumbling(ttl_s, expires=2 * ttl_s)
 
     def get(self, key: str) -> Any:
         """Only inside stream iteration (windows are relative to the current event)."""

@@ -30,7 +30,9 @@ LOGS = ROOT / ".stack" / "logs" / "tests"
 def need_env(name: str) -> str:
     value = os.environ.get(name)
     if not value:
-        pytest.fail(f"${name} is not set: run the tests through 'make test' (it sources .stack/env)")
+        pytest.fail(
+            f"${name} is not set: run the tests through 'make test' (it sources .stack/env)"
+        )
     return value
 
 
@@ -79,8 +81,12 @@ class Proc:
         self.log = self.log_path.open("wb")
         full_env = {**os.environ, "KUBEVENTS_LOG_FORMAT": "text", **env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", *args], env=full_env, stdout=self.log,
-            stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True,
+            [sys.executable, "-m", "app.cli", *args],
+            env=full_env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+            start_new_session=True,
         )
 
     def kill(self) -> None:
@@ -132,14 +138,25 @@ def get_json(url: str) -> Any:
         return json.loads(resp.read())
 
 
-def consume(brokers: str, topic: str, *, until: int | None = None, idle_s: float = 5.0,
-            timeout_s: float = 120.0) -> list[tuple[bytes | None, bytes | None, int]]:
+def consume(
+    brokers: str,
+    topic: str,
+    *,
+    until: int | None = None,
+    idle_s: float = 5.0,
+    timeout_s: float = 120.0,
+) -> list[tuple[bytes | None, bytes | None, int]]:
     """All messages of a topic from the beginning: (key, value, partition). Stops at ``until``
     messages or after ``idle_s`` without a new one (when the topic had at least ``until``)."""
 
     async def run() -> list[tuple[bytes | None, bytes | None, int]]:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=brokers, auto_offset_reset="earliest",
-                                    enable_auto_commit=False, group_id=None)
+        consumer = AIOKafkaConsumer(
+            topic,
+            bootstrap_servers=brokers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
         await consumer.start()
         out: list[tuple[bytes | None, bytes | None, int]] = []
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -15,21 +16,27 @@ def now() -> str:
 
 def create_namespace(api: k8s.ApiClient, prefix: str) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    k8s.CoreV1Api(api).create_namespace({"apiVersion": "v1", "kind": "Namespace",
-                                         "metadata": {"name": name}})
+    k8s.CoreV1Api(api).create_namespace(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
     return name
 
 
 def delete_namespace(api: k8s.ApiClient, name: str) -> None:
-    try:
+    with contextlib.suppress(k8s.ApiException):
         k8s.CoreV1Api(api).delete_namespace(name)
-    except k8s.ApiException:
-        pass
 
 
-def create_event(api: k8s.ApiClient, ns: str, *, reason: str = "Tested", type_: str = "Normal",
-                 involved_uid: str | None = None, kind: str = "Pod",
-                 name: str | None = None) -> dict[str, Any]:
+def create_event(
+    api: k8s.ApiClient,
+    ns: str,
+    *,
+    reason: str = "Tested",
+    type_: str = "Normal",
+    involved_uid: str | None = None,
+    kind: str = "Pod",
+    name: str | None = None,
+) -> dict[str, Any]:
     """A core/v1 Event as a controller would write it; returns {name, uid, rv, involved_uid}."""
     obj_name = name or f"obj-{uuid.uuid4().hex[:6]}"
     iuid = involved_uid or str(uuid.uuid4())
@@ -37,8 +44,13 @@ def create_event(api: k8s.ApiClient, ns: str, *, reason: str = "Tested", type_: 
         "apiVersion": "v1",
         "kind": "Event",
         "metadata": {"name": f"{obj_name}.{uuid.uuid4().hex[:10]}", "namespace": ns},
-        "involvedObject": {"kind": kind, "name": obj_name, "namespace": ns, "uid": iuid,
-                           "apiVersion": "v1"},
+        "involvedObject": {
+            "kind": kind,
+            "name": obj_name,
+            "namespace": ns,
+            "uid": iuid,
+            "apiVersion": "v1",
+        },
         "reason": reason,
         "message": f"{reason} happened to {obj_name}",
         "type": type_,
@@ -48,8 +60,14 @@ def create_event(api: k8s.ApiClient, ns: str, *, reason: str = "Tested", type_: 
         "source": {"component": "kubevents-tests", "host": "test-host"},
     }
     created = k8s.CoreV1Api(api).create_namespaced_event(ns, body)
-    return {"name": created.metadata.name, "uid": created.metadata.uid,
-            "rv": created.metadata.resource_version, "involved_uid": iuid, "count": 1, "ns": ns}
+    return {
+        "name": created.metadata.name,
+        "uid": created.metadata.uid,
+        "rv": created.metadata.resource_version,
+        "involved_uid": iuid,
+        "count": 1,
+        "ns": ns,
+    }
 
 
 def repeat_event(api: k8s.ApiClient, event: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from tests.integration.conftest import ROOT, Proc, consume, free_port, get_json, wait_http
+from tests.integration.conftest import ROOT, Proc, consume, free_port, get_json
 from tests.integration.kube_helpers import (
     create_event,
     create_namespace,
@@ -37,10 +37,15 @@ def producer_env(names: dict[str, str], namespaces: list[str], **extra: str) -> 
     return env
 
 
-def start_producer(procs: list[Proc], env: dict[str, str], identity: str = "p1") -> tuple[Proc, int]:
+def start_producer(
+    procs: list[Proc], env: dict[str, str], identity: str = "p1"
+) -> tuple[Proc, int]:
     port = free_port()
-    proc = Proc(["produce", "--http-port", str(port)],
-                {**env, "KUBEVENTS_PRODUCER_IDENTITY": identity}, f"producer-{identity}")
+    proc = Proc(
+        ["produce", "--http-port", str(port)],
+        {**env, "KUBEVENTS_PRODUCER_IDENTITY": identity},
+        f"producer-{identity}",
+    )
     procs.append(proc)
     return proc, port
 
@@ -62,12 +67,15 @@ def published(brokers: str, topic: str, **kw: Any) -> list[dict[str, Any]]:
 
 
 def versions(records: list[dict[str, Any]]) -> Counter[tuple[str, str]]:
-    return Counter((r["object"]["metadata"]["uid"], r["object"]["metadata"]["resourceVersion"])
-                   for r in records)
+    return Counter(
+        (r["object"]["metadata"]["uid"], r["object"]["metadata"]["resourceVersion"])
+        for r in records
+    )
 
 
-def wait_for_versions(brokers: str, topic: str, wanted: set[tuple[str, str]],
-                      timeout: float = 90) -> list[dict[str, Any]]:
+def wait_for_versions(
+    brokers: str, topic: str, wanted: set[tuple[str, str]], timeout: float = 90
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     records: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
@@ -98,11 +106,13 @@ def test_events_from_several_namespaces_and_their_repeats_all_arrive(
         before = [create_event(api, ns) for ns in nss for _ in range(5)]  # listed at start
         _, port = start_producer(procs, producer_env(names, nss))
         wait_watching(port)
-        after = [create_event(api, ns, type_="Warning", reason="BackOff") for ns in nss
-                 for _ in range(5)]
+        after = [
+            create_event(api, ns, type_="Warning", reason="BackOff") for ns in nss for _ in range(5)
+        ]
         wanted = {(e["uid"], e["rv"]) for e in before + after}
         repeated = []
-        for e in before[:3] + after[:3]:
+        for original in before[:3] + after[:3]:
+            e = original
             for _ in range(2):
                 e = repeat_event(api, e)
                 wanted.add((e["uid"], e["rv"]))
@@ -110,8 +120,14 @@ def test_events_from_several_namespaces_and_their_repeats_all_arrive(
         records = wait_for_versions(brokers, names["KUBEVENTS_TOPICS_RAW"], wanted)
         by_uid = {r["object"]["metadata"]["uid"]: r for r in records}
         for e in repeated:
-            assert max(r["object"]["count"] for r in records
-                       if r["object"]["metadata"]["uid"] == e["uid"]) == 3
+            assert (
+                max(
+                    r["object"]["count"]
+                    for r in records
+                    if r["object"]["metadata"]["uid"] == e["uid"]
+                )
+                == 3
+            )
         for e in before + after:
             rec = by_uid[e["uid"]]
             assert rec["key"] == e["involved_uid"].encode(), "keyed by the involved object's uid"
@@ -142,8 +158,9 @@ def test_sigkill_mid_stream_then_restart_loses_no_event(
             latest[e["uid"]] = repeat_event(api, e)  # repeats while the producer is down
         _, port2 = start_producer(procs, env, identity="p1-restarted")
         wait_watching(port2)
-        records = wait_for_versions(brokers, names["KUBEVENTS_TOPICS_RAW"],
-                                    {(e["uid"], e["rv"]) for e in latest.values()})
+        records = wait_for_versions(
+            brokers, names["KUBEVENTS_TOPICS_RAW"], {(e["uid"], e["rv"]) for e in latest.values()}
+        )
         assert {r["object"]["metadata"]["uid"] for r in records} >= set(latest)
     finally:
         delete_namespace(api, ns)
@@ -155,8 +172,11 @@ def etcd_compact() -> int:
     import urllib.request
 
     def post(path: str, body: dict[str, Any]) -> dict[str, Any]:
-        req = urllib.request.Request(f"http://127.0.0.1:2379{path}", json.dumps(body).encode(),
-                                     {"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"http://127.0.0.1:2379{path}",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )
         return dict(json.loads(urllib.request.urlopen(req, timeout=10).read()))
 
     rev = int(post("/v3/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"])
@@ -185,8 +205,9 @@ def test_watch_forced_into_410_gone_relists_without_loss(
             created += [create_event(api, ns) for _ in range(5)]
         finally:
             os.killpg(proc.proc.pid, signal.SIGCONT)
-        wait_for_versions(brokers, names["KUBEVENTS_TOPICS_RAW"],
-                          {(e["uid"], e["rv"]) for e in created})
+        wait_for_versions(
+            brokers, names["KUBEVENTS_TOPICS_RAW"], {(e["uid"], e["rv"]) for e in created}
+        )
         deadline = time.monotonic() + 30
         while metric(port, 'kubevents_producer_relists_total{reason="gone"}') < 1:
             assert time.monotonic() < deadline, "no re-list after 410 Gone"
@@ -220,14 +241,17 @@ def test_two_replicas_publish_once_and_fail_over_within_the_lease(
         leader = lease_holder(api, lease)
         assert leader in ("replica-a", "replica-b")
         leader_proc, leader_port, other_port, other = (
-            (a, port_a, port_b, "replica-b") if leader == "replica-a"
-            else (b, port_b, port_a, "replica-a"))
+            (a, port_a, port_b, "replica-b")
+            if leader == "replica-a"
+            else (b, port_b, port_a, "replica-a")
+        )
         wait_watching(leader_port)
         assert metric(leader_port, "kubevents_producer_leader") == 1
         assert metric(other_port, "kubevents_producer_leader") == 0
         first = [create_event(api, ns) for _ in range(20)]
-        records = wait_for_versions(brokers, names["KUBEVENTS_TOPICS_RAW"],
-                                    {(e["uid"], e["rv"]) for e in first})
+        records = wait_for_versions(
+            brokers, names["KUBEVENTS_TOPICS_RAW"], {(e["uid"], e["rv"]) for e in first}
+        )
         counts = versions(records)
         assert all(counts[(e["uid"], e["rv"])] == 1 for e in first), "each version exactly once"
         assert {r["producer"] for r in records} == {leader}
@@ -239,10 +263,14 @@ def test_two_replicas_publish_once_and_fail_over_within_the_lease(
             time.sleep(0.2)
         handover = time.monotonic() - killed_at
         second = [create_event(api, ns) for _ in range(10)]
-        records = wait_for_versions(brokers, names["KUBEVENTS_TOPICS_RAW"],
-                                    {(e["uid"], e["rv"]) for e in second})
-        assert {r["producer"] for r in records if r["object"]["metadata"]["uid"]
-                in {e["uid"] for e in second}} == {other}
+        records = wait_for_versions(
+            brokers, names["KUBEVENTS_TOPICS_RAW"], {(e["uid"], e["rv"]) for e in second}
+        )
+        assert {
+            r["producer"]
+            for r in records
+            if r["object"]["metadata"]["uid"] in {e["uid"] for e in second}
+        } == {other}
         print(f"hand-over after SIGKILL of the leader: {handover:.1f}s (lease 4s)")
     finally:
         delete_namespace(api, ns)
@@ -251,8 +279,15 @@ def test_two_replicas_publish_once_and_fail_over_within_the_lease(
 def run_cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     import os
 
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=90, cwd=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=90,
+        cwd=str(ROOT),
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], pattern: str) -> None:
@@ -270,8 +305,10 @@ def test_clear_errors(tmp_path: Path, api: k8s.ApiClient, kubeconfig: str) -> No
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("this: [is not: a kubeconfig")
-    assert_one_line_error(run_cli(["produce"], {**base, "KUBECONFIG": str(bad)}),
-                          r"kubeconfig .*bad.yaml.*(not usable|could not be parsed)")
+    assert_one_line_error(
+        run_cli(["produce"], {**base, "KUBECONFIG": str(bad)}),
+        r"kubeconfig .*bad.yaml.*(not usable|could not be parsed)",
+    )
 
     import yaml
 
@@ -279,8 +316,10 @@ def test_clear_errors(tmp_path: Path, api: k8s.ApiClient, kubeconfig: str) -> No
     cfg["clusters"][0]["cluster"]["server"] = "https://127.0.0.1:1"
     unreachable = tmp_path / "unreachable.yaml"
     unreachable.write_text(yaml.safe_dump(cfg))
-    assert_one_line_error(run_cli(["produce"], {**base, "KUBECONFIG": str(unreachable)}),
-                          r"cannot reach the Kubernetes API server at https://127.0.0.1:1")
+    assert_one_line_error(
+        run_cli(["produce"], {**base, "KUBECONFIG": str(unreachable)}),
+        r"cannot reach the Kubernetes API server at https://127.0.0.1:1",
+    )
 
     # A real identity without permissions: a fresh ServiceAccount's token.
     ns = create_namespace(api, "perm")
@@ -288,20 +327,26 @@ def test_clear_errors(tmp_path: Path, api: k8s.ApiClient, kubeconfig: str) -> No
         core = k8s.CoreV1Api(api)
         core.create_namespaced_service_account(ns, {"metadata": {"name": "nobody"}})
         token = core.create_namespaced_service_account_token(
-            "nobody", ns, {"spec": {"expirationSeconds": 600}}).status.token
+            "nobody", ns, {"spec": {"expirationSeconds": 600}}
+        ).status.token
         cfg = yaml.safe_load(Path(kubeconfig).read_text())
         cfg["users"][0]["user"] = {"token": token}
         noperm = tmp_path / "noperm.yaml"
         noperm.write_text(yaml.safe_dump(cfg))
-        assert_one_line_error(run_cli(["produce"], {**base, "KUBECONFIG": str(noperm)}),
-                              r"permission denied \(403\) to list events.*deploy/kubernetes")
+        assert_one_line_error(
+            run_cli(["produce"], {**base, "KUBECONFIG": str(noperm)}),
+            r"permission denied \(403\) to list events.*deploy/kubernetes",
+        )
     finally:
         delete_namespace(api, ns)
 
     assert_one_line_error(
-        run_cli(["produce"], {**base, "KUBECONFIG": kubeconfig,
-                              "KUBEVENTS_KAFKA_BROKERS": "127.0.0.1:1"}),
-        r"cannot reach Kafka at 127.0.0.1:1.*KUBEVENTS_KAFKA_BROKERS")
+        run_cli(
+            ["produce"],
+            {**base, "KUBECONFIG": kubeconfig, "KUBEVENTS_KAFKA_BROKERS": "127.0.0.1:1"},
+        ),
+        r"cannot reach Kafka at 127.0.0.1:1.*KUBEVENTS_KAFKA_BROKERS",
+    )
 
 
 @pytest.mark.parametrize("content", ["[{]", '{"kind": "EventList", "items": [{"kind": "Pod"}]}'])

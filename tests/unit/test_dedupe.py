@@ -6,8 +6,9 @@ from app.normalize import NormalizedEvent, normalize
 from tests.fixtures.events import core_event
 
 
-def ev(rv: str, count: int, watch_type: str = "MODIFIED", last: str = "2024-05-01T12:05:00Z"
-       ) -> NormalizedEvent:
+def ev(
+    rv: str, count: int, watch_type: str = "MODIFIED", last: str = "2024-05-01T12:05:00Z"
+) -> NormalizedEvent:
     obj = core_event(meta_resourceVersion=rv, count=count, lastTimestamp=last)
     return normalize(RawEvent(watch_type, "watch", None, None, None, obj), default_cluster="c")
 

@@ -9,8 +9,14 @@ from tests.fixtures.events import EVENTS_V1, core_event
 
 
 def test_roundtrip_keeps_object_and_metadata() -> None:
-    key, value = build_raw(core_event(), watch_type="MODIFIED", via="watch", cluster="c1",
-                           producer="p1", observed_at="2024-05-01T00:00:00.000000Z")
+    key, value = build_raw(
+        core_event(),
+        watch_type="MODIFIED",
+        via="watch",
+        cluster="c1",
+        producer="p1",
+        observed_at="2024-05-01T00:00:00.000000Z",
+    )
     assert key == b"pod-uid-1"
     raw = parse_raw(value, max_bytes=1 << 20)
     assert (raw.watch_type, raw.via, raw.cluster, raw.producer) == ("MODIFIED", "watch", "c1", "p1")

@@ -54,8 +54,10 @@ def test_missing_count_is_one_and_missing_times_fall_back_to_creation() -> None:
         ({"kind": "Pod", "metadata": {"uid": "x"}}, "not an Event"),
         ({"metadata": {"uid": "x"}}, "no involvedObject"),
         (core_event(meta_uid=""), "without metadata.uid"),
-        (core_event(firstTimestamp=None, lastTimestamp=None, meta_creationTimestamp=None),
-         "without any timestamp"),
+        (
+            core_event(firstTimestamp=None, lastTimestamp=None, meta_creationTimestamp=None),
+            "without any timestamp",
+        ),
     ],
 )
 def test_bad_events_raise_with_reason(obj: dict, reason: str) -> None:
@@ -76,8 +78,14 @@ def test_record_carries_root_owner_and_raw() -> None:
         {"kind": "ReplicaSet", "name": "web-7d4b9c", "uid": "rs", "api_version": "apps/v1"},
         {"kind": "Deployment", "name": "web", "uid": "d", "api_version": "apps/v1"},
     ]
-    rec = to_record(ev, count_delta=2, labels={"app.kubernetes.io/name": "web"}, owners=owners,
-                    enrichment_status="ok", enrichment_error=None)
+    rec = to_record(
+        ev,
+        count_delta=2,
+        labels={"app.kubernetes.io/name": "web"},
+        owners=owners,
+        enrichment_status="ok",
+        enrichment_error=None,
+    )
     assert rec["root_owner"] == {"kind": "Deployment", "name": "web"}
     assert rec["labels"] == {"app_kubernetes_io_name": "web"}
     assert rec["raw"]["metadata"]["uid"] == "e-1111" and rec["count_delta"] == 2

@@ -9,30 +9,50 @@ OBJECTS: dict[tuple[str, str, str, str], dict[str, Any]] = {
         "uid": "pod",
         "labels": {"app.kubernetes.io/name": "web", "pod-template-hash": "abc"},
         "ownerReferences": [
-            {"kind": "ReplicaSet", "name": "web-7d", "uid": "rs", "apiVersion": "apps/v1",
-             "controller": True}
+            {
+                "kind": "ReplicaSet",
+                "name": "web-7d",
+                "uid": "rs",
+                "apiVersion": "apps/v1",
+                "controller": True,
+            }
         ],
     },
     ("apps/v1", "ReplicaSet", "shop", "web-7d"): {
         "uid": "rs",
         "ownerReferences": [
-            {"kind": "Deployment", "name": "web", "uid": "dep", "apiVersion": "apps/v1",
-             "controller": True}
+            {
+                "kind": "Deployment",
+                "name": "web",
+                "uid": "dep",
+                "apiVersion": "apps/v1",
+                "controller": True,
+            }
         ],
     },
     ("apps/v1", "Deployment", "shop", "web"): {"uid": "dep"},
     ("v1", "Pod", "jobs", "nightly-1-x"): {
         "uid": "p2",
         "ownerReferences": [
-            {"kind": "Job", "name": "nightly-1", "uid": "job", "apiVersion": "batch/v1",
-             "controller": True}
+            {
+                "kind": "Job",
+                "name": "nightly-1",
+                "uid": "job",
+                "apiVersion": "batch/v1",
+                "controller": True,
+            }
         ],
     },
     ("batch/v1", "Job", "jobs", "nightly-1"): {
         "uid": "job",
         "ownerReferences": [
-            {"kind": "CronJob", "name": "nightly", "uid": "cj", "apiVersion": "batch/v1",
-             "controller": True}
+            {
+                "kind": "CronJob",
+                "name": "nightly",
+                "uid": "cj",
+                "apiVersion": "batch/v1",
+                "controller": True,
+            }
         ],
     },
     ("batch/v1", "CronJob", "jobs", "nightly"): {"uid": "cj"},
@@ -65,8 +85,10 @@ def test_pod_replicaset_deployment_chain_and_labels() -> None:
 
 def test_job_cronjob_chain() -> None:
     res = resolver(Fetcher()).resolve("v1", "Pod", "jobs", "nightly-1-x")
-    assert [(o["kind"], o["name"]) for o in res.owners] == [("Job", "nightly-1"),
-                                                            ("CronJob", "nightly")]
+    assert [(o["kind"], o["name"]) for o in res.owners] == [
+        ("Job", "nightly-1"),
+        ("CronJob", "nightly"),
+    ]
 
 
 def test_cache_avoids_second_lookup_and_remembers_not_found() -> None:
@@ -99,5 +121,6 @@ def test_ttl_cache_bounds_size_and_expires() -> None:
 def test_paths() -> None:
     assert plural("ReplicaSet") == "replicasets" and plural("NetworkPolicy") == "networkpolicies"
     assert object_path("apps/v1", "Deployment", "shop", "web") == (
-        "/apis/apps/v1/namespaces/shop/deployments/web")
+        "/apis/apps/v1/namespaces/shop/deployments/web"
+    )
     assert object_path("v1", "Node", "", "n1") == "/api/v1/nodes/n1"

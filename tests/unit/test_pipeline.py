@@ -1,4 +1,4 @@
-"""The core pipeline's decisions end to end, without a broker; records checked against the schema."""
+"""The core pipeline's decisions end to end without a broker; records checked against the schema."""
 
 from __future__ import annotations
 
@@ -26,11 +26,17 @@ class Run:
 
     def __call__(self, value: bytes | None) -> list[Output]:
         self.offset += 1
-        return asyncio.run(process(
-            value, Origin("k8s-events-raw", 0, self.offset, b"k"), max_bytes=1 << 20,
-            default_cluster="c", seen_get=self.state.get, seen_set=self.state.__setitem__,
-            enricher=self.enricher,
-        ))
+        return asyncio.run(
+            process(
+                value,
+                Origin("k8s-events-raw", 0, self.offset, b"k"),
+                max_bytes=1 << 20,
+                default_cluster="c",
+                seen_get=self.state.get,
+                seen_set=self.state.__setitem__,
+                enricher=self.enricher,
+            )
+        )
 
 
 def raw(obj: dict[str, Any], watch_type: str = "ADDED") -> bytes:
@@ -48,8 +54,10 @@ def test_stream_with_duplicates_relists_and_growth() -> None:
     record = json.loads(grown[0].value)
     assert record["count"] == 5 and record["count_delta"] == 2
     counts = [json.loads(o.value) for o in grown if o.topic == "counts"]
-    assert {c["key"] for c in counts} == {"reason|shop|BackOff|Warning",
-                                          "object|shop|Pod|web-7d4b9c-abcde|pod-uid-1"}
+    assert {c["key"] for c in counts} == {
+        "reason|shop|BackOff|Warning",
+        "object|shop|Pod|web-7d4b9c-abcde|pod-uid-1",
+    }
     assert all(c["delta"] == 2 for c in counts)
     assert grown[1].timestamp == 1714565100.0, "windowed by occurrence time (lastTimestamp)"
 
@@ -67,7 +75,8 @@ def test_records_validate_against_the_published_schema() -> None:
 def test_normal_events_count_by_reason_only() -> None:
     out = Run()(raw(EVENTS_V1))
     assert [json.loads(o.value)["key"] for o in out if o.topic == "counts"] == [
-        "reason|shop|Pulling|Normal"]
+        "reason|shop|Pulling|Normal"
+    ]
 
 
 def test_bad_input_goes_to_dlq_with_reason_bytes_and_origin() -> None:
