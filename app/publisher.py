@@ -42,6 +42,10 @@ class Publisher:
         for key, value in records:
             if self._slots.locked():
                 BLOCKED.set(1)
+                self._warn(
+                    f"{self._pending} records await Kafka's acknowledgement (the limit):"
+                    " reading from the API server is paused until Kafka catches up"
+                )
             await self._slots.acquire()
             BLOCKED.set(0)
             self._pending += 1
@@ -81,6 +85,12 @@ class Publisher:
         asyncio.get_running_loop().call_later(
             delay, lambda: asyncio.ensure_future(self._send(key, value, attempt + 1))
         )
+
+    def _warn(self, message: str) -> None:
+        now = time.monotonic()  # at most one line per 5 s, however long Kafka is away
+        if now - self._last_error_log > 5:
+            self._last_error_log = now
+            log.warning(message)
 
     def _release(self) -> None:
         self._pending -= 1

@@ -164,8 +164,9 @@ def test_messy_raw_stream_gives_exactly_the_expected_outputs(
 
 
 def test_sigkill_mid_stream_loses_nothing(
-    brokers: str, names: dict[str, str], procs: list[Proc]
+    brokers: str, names: dict[str, str], procs: list[Proc], tmp_path: Path
 ) -> None:
+    """With the production store (RocksDB) kept on disk across the kill, as on a volume."""
     n = 3000
     messages = []
     for i in range(n):
@@ -173,7 +174,9 @@ def test_sigkill_mid_stream_loses_nothing(
         if i % 3 == 0:
             messages.append(raw(event(f"k{i}", 11, 2, reason=f"R{i % 5}")))
     produce(brokers, names["KUBEVENTS_TOPICS_RAW"], messages)
-    env = worker_env(names)
+    env = worker_env(
+        names, KUBEVENTS_CORE_STORE="rocksdb://", KUBEVENTS_CORE_DATA_DIR=str(tmp_path / "data")
+    )
     start_worker(procs, env, "core-a")
     deadline = time.monotonic() + 60
     while len(consume(brokers, names["KUBEVENTS_TOPICS_ENRICHED"], idle_s=1)) < n // 3:

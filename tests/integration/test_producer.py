@@ -355,3 +355,96 @@ def test_replay_rejects_malformed_files_naming_the_place(tmp_path: Path, content
     path.write_text(content)
     result = run_cli(["replay", str(path)], {})
     assert_one_line_error(result, r"dump.json: (line 1|item 0)")
+
+
+def test_events_k8s_io_api_selectors_and_deleted(
+    api: k8s.ApiClient, brokers: str, names: dict[str, str], procs: list[Proc]
+) -> None:
+    """The events.k8s.io/v1 API, a field selector, and DELETED published when asked for."""
+    ns = create_namespace(api, "pn")
+    try:
+        env = producer_env(
+            names,
+            [ns],
+            KUBEVENTS_PRODUCER_API="events.k8s.io/v1",
+            KUBEVENTS_PRODUCER_FIELD_SELECTOR="type=Warning",
+            KUBEVENTS_PRODUCER_INCLUDE_DELETED="true",
+        )
+        _, port = start_producer(procs, env)
+        wait_watching(port)
+        warning = create_event(api, ns, type_="Warning", reason="BackOff")
+        normal = create_event(api, ns, type_="Normal", reason="Pulled")
+        k8s.CoreV1Api(api).delete_namespaced_event(warning["name"], ns)
+        records = wait_for_versions(
+            brokers, names["KUBEVENTS_TOPICS_RAW"], {(warning["uid"], warning["rv"])}
+        )
+        deadline = time.monotonic() + 30
+        while not any(r["type"] == "DELETED" for r in records):
+            assert time.monotonic() < deadline, "DELETED never published"
+            records = published(brokers, names["KUBEVENTS_TOPICS_RAW"], idle_s=2)
+        assert {r["api"] for r in records} == {"events.k8s.io/v1"}
+        assert all("regarding" in r["object"] for r in records)
+        assert {r["object"]["metadata"]["uid"] for r in records} == {warning["uid"]}, (
+            "the field selector kept the Normal event out"
+        )
+        assert normal["uid"] not in {r["object"]["metadata"]["uid"] for r in records}
+        assert records[0]["key"] == warning["involved_uid"].encode()
+    finally:
+        delete_namespace(api, ns)
+
+
+def kafka_ctl(action: str) -> None:
+    subprocess.run(
+        ["bash", str(ROOT / "stack" / "kafka.sh"), action],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+
+
+def test_kafka_down_pauses_reading_and_loses_nothing(
+    api: k8s.ApiClient, brokers: str, names: dict[str, str], procs: list[Proc]
+) -> None:
+    """Kafka stopped under a running producer: it says so (readyz, metrics), keeps what it has
+    in a bounded buffer, and delivers everything once Kafka is back."""
+    ns = create_namespace(api, "pd")
+    try:
+        env = producer_env(
+            names,
+            [ns],
+            KUBEVENTS_KAFKA_MAX_IN_FLIGHT_EVENTS="20",
+            KUBEVENTS_KAFKA_REQUEST_TIMEOUT_MS="3000",
+        )
+        _, port = start_producer(procs, env)
+        wait_watching(port)
+        before = [create_event(api, ns) for _ in range(5)]
+        wait_for_versions(
+            brokers, names["KUBEVENTS_TOPICS_RAW"], {(e["uid"], e["rv"]) for e in before}
+        )
+        kafka_ctl("stop")
+        try:
+            during = [create_event(api, ns) for _ in range(60)]
+            deadline = time.monotonic() + 60
+            while metric(port, "kubevents_producer_kafka_blocked") < 1:
+                assert time.monotonic() < deadline, "never reported that Kafka is not keeping up"
+                time.sleep(1)
+            assert metric(port, "kubevents_producer_in_flight") <= 20, "bounded buffer"
+            import urllib.error
+            import urllib.request
+
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+                raise AssertionError("/readyz said ready while Kafka was down")
+            except urllib.error.HTTPError as exc:
+                assert exc.code == 503
+        finally:
+            kafka_ctl("start")
+            kafka_ctl("wait")
+        wait_for_versions(
+            brokers,
+            names["KUBEVENTS_TOPICS_RAW"],
+            {(e["uid"], e["rv"]) for e in before + during},
+            timeout=180,
+        )
+    finally:
+        delete_namespace(api, ns)

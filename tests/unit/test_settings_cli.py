@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from app.cli import main
+from app.errors import UserError
+from app.replay import read_events
+from app.settings import load_settings
+from tests.fixtures.events import core_event
+
+EXAMPLE = Path("examples/kubevents.yaml")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("KUBEVENTS_"):
+            monkeypatch.delenv(key)
+
+
+def test_env_sections_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBEVENTS_KAFKA_BROKERS", "a:9092, b:9092")
+    monkeypatch.setenv("KUBEVENTS_PRODUCER_NAMESPACES", "shop,db")
+    monkeypatch.setenv("KUBEVENTS_CORE_LABEL_KEYS", "app,team")
+    monkeypatch.setenv("KUBEVENTS_KUBERNETES_QPS", "7.5")
+    s = load_settings()
+    assert s.kafka.bootstrap_servers == ["a:9092", "b:9092"]
+    assert s.producer.namespaces == ["shop", "db"] and s.core.label_keys == ["app", "team"]
+    assert s.kubernetes.qps == 7.5
+
+
+def test_yaml_file_with_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBEVENTS_TOPICS_PARTITIONS", "3")
+    s = load_settings(str(EXAMPLE))
+    assert s.cluster.name == "prod-eu-1" and s.kafka.compression == "zstd"
+    assert s.topics.partitions == 3, "environment beats the file"
+    assert s.core.store == "rocksdb://"
+
+
+def test_config_command_never_prints_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("KUBEVENTS_KAFKA_SASL_PASSWORD", "hunter2")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out and json.loads(out)["kafka"]["sasl_password"] == "**********"
+
+
+def test_unknown_pipeline_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["worker", "--pipeline", "cores"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["kubevents: error: unknown pipeline cores: available: core"]
+
+
+def test_missing_config_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", "/nonexistent.yaml", "config"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_replay_reads_list_array_and_ndjson() -> None:
+    ev = core_event()
+    as_list = json.dumps({"kind": "EventList", "items": [ev, ev]})
+    assert len(list(read_events(io.StringIO(as_list), "x"))) == 2
+    assert len(list(read_events(io.StringIO(json.dumps([ev])), "x"))) == 1
+    ndjson = json.dumps(ev) + "\n\n" + json.dumps(ev) + "\n"
+    assert len(list(read_events(io.StringIO(ndjson), "x"))) == 2
+    with Path("examples/events.json").open() as fh:
+        assert len(list(read_events(fh, "ex"))) == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (json.dumps(core_event()) + "\n{broken\n", "x: line 2: invalid JSON"),
+        (json.dumps({"items": [core_event(), {"kind": "Pod"}]}), "x: item 1: expected an Event"),
+        (json.dumps({"items": [core_event(meta_uid="")]}), "x: item 0: Event without"),
+        ("", "x: empty input"),
+    ],
+)
+def test_replay_errors_name_the_place(text: str, where: str) -> None:
+    with pytest.raises(UserError, match=where):
+        list(read_events(io.StringIO(text), "x"))
