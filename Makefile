@@ -55,7 +55,7 @@ demo: venv stack
 	@bash -c 'source .stack/env && $(PY) scripts/demo.py'
 
 bench: venv stack
-	@bash -c 'source .stack/env && $(PY) bench/producer.py && $(PY) bench/core.py'
+	@bash -c 'source .stack/env && $(PY) -m bench.producer && $(PY) -m bench.core'
 
 lock:
 	@test -x $(VENV)/bin/uv || (python3 -m venv $(VENV) && $(VENV)/bin/pip install -q uv==0.9.30)

@@ -12,7 +12,7 @@ from typing import Any
 
 from app.core_app import app, counts_topic
 from app.dedupe import compare
-from tables.counts import applied, hopping, tumbling
+from tables.counts import add, applied
 
 
 @app.agent(counts_topic, name="counts")
@@ -29,7 +29,6 @@ async def counts(stream: Any) -> AsyncIterator[None]:
         already = int(before["count"]) if isinstance(before, dict) else msg["count"] - msg["delta"]
         increment = max(0, int(msg["count"]) - already)
         if increment:
-            tumbling[key] += increment
-            hopping[key] += increment
+            add(key, increment)
         applied.set(marker, state)
         yield None

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
 import urllib3
 from kubernetes import config as kube_config
 from kubernetes.client import Configuration
@@ -182,7 +183,7 @@ class KubeClient:
 
     def get_json(self, path: str, query: dict[str, Any] | None = None) -> dict[str, Any]:
         resp = self.request("GET", path, query)
-        doc: dict[str, Any] = json.loads(resp.data)
+        doc: dict[str, Any] = orjson.loads(resp.data)
         return doc
 
     def send_json(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -206,11 +207,11 @@ class KubeClient:
                     return
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
-                batch = [json.loads(line) for line in lines if line.strip()]
+                batch = [orjson.loads(line) for line in lines if line.strip()]
                 if batch:
                     yield batch
             if buffer.strip() and not stop.is_set():
-                yield [json.loads(buffer)]
+                yield [orjson.loads(buffer)]
         except urllib3.exceptions.HTTPError as exc:
             if stop.is_set():
                 return

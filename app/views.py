@@ -17,7 +17,7 @@ from aiokafka.partitioner import murmur2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.core_app import app
-from tables.counts import WINDOWS, hopping, tumbling
+from tables.counts import WINDOWS, tumbling
 
 FIELDS = {"reason": ("namespace", "reason", "type"), "object": ("namespace", "kind", "name", "uid")}
 
@@ -48,24 +48,16 @@ def _at(query: Any) -> float:
     return time.time() - float(query.get("ago", 0))
 
 
-def window_value(window: Any, key: str, at: float) -> int:
-    # The earliest window containing ``at``: for a hopping window the one covering the most
-    # history (the last hour for size 1 h), for a tumbling window the only one.
-    earliest = cast(Any, window.table.window).ranges(at)[0]
-    return int(window[key][earliest])
-
-
 def local_rows(query: Any) -> list[dict[str, Any]]:
     dim = query.get("dim", "reason")
-    window = WINDOWS.get(query.get("window", "tumbling"), tumbling)
+    window = WINDOWS[query.get("window", "tumbling")]
     at = _at(query)
     rows = []
-    # Outside an agent there is no current event: list keys relative to the wall clock.
-    for key in list(window.relative_to_now().keys()):
+    for key in window.local_keys():
         row = parse_key(key)
         if row is None or row["dim"] != dim or not _matches(row, query):
             continue
-        value = window_value(window, key, at)
+        value = window.value(key, at)
         if value:
             rows.append({**row, "count": value})
     return rows
@@ -78,15 +70,9 @@ def top(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
 
 
 def _window_info(name: str, at: float) -> dict[str, Any]:
-    w = cast(Any, (tumbling if name != "hopping" else hopping).table.window)
-    start, end = w.ranges(at)[0]
-    return {
-        "name": name,
-        "size_s": w.size,
-        "step_s": getattr(w, "step", w.size),
-        "start": start,
-        "end": end,
-    }
+    window = WINDOWS[name]
+    start, end = window.bounds(at)
+    return {"name": name, "size_s": window.size, "step_s": window.step, "start": start, "end": end}
 
 
 @app.page("/counts/local/")
@@ -164,8 +150,8 @@ async def counts_key(web: Any, request: Any) -> Any:
         {
             "key": key,
             "worker": me,
-            "tumbling": window_value(tumbling, key, at),
-            "hopping": window_value(hopping, key, at),
+            "tumbling": WINDOWS["tumbling"].value(key, at),
+            "hopping": WINDOWS["hopping"].value(key, at),
         }
     )
 

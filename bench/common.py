@@ -67,3 +67,38 @@ def wait_topic_size(
             break
         time.sleep(0.2)
     return (first if first is not None else float("nan")), done, peak
+
+
+def metric_total(port: int, name: str) -> float:
+    """Sum of a Prometheus metric's samples from a kubevents process (cheap to poll)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name) and not line.startswith("#")
+    )
+
+
+def wait_metric(
+    port: int, name: str, n: int, timeout_s: float, proc: subprocess.Popen[bytes]
+) -> tuple[float, float, float]:
+    """Poll until metric ``name`` reaches n; returns (first_seen, done, peak_rss_mib)."""
+    first: float | None = None
+    peak = 0.0
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        value = metric_total(port, name)
+        now = time.monotonic()
+        peak = max(peak, peak_rss_mib(proc.pid))
+        if value > 0 and first is None:
+            first = now
+        if value >= n:
+            return first if first is not None else now, now, peak
+        time.sleep(0.05)
+    return (first if first is not None else float("nan")), float("nan"), peak
