@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from tests.integration.conftest import ROOT, Proc, consume, free_port, get_json
+from tests.integration.conftest import ROOT, Proc, consume, free_port, get_json, wait_http
 from tests.integration.kube_helpers import (
     create_event,
     create_namespace,
@@ -246,6 +246,7 @@ def test_two_replicas_publish_once_and_fail_over_within_the_lease(
             else (b, port_b, port_a, "replica-a")
         )
         wait_watching(leader_port)
+        wait_http(f"http://127.0.0.1:{other_port}/healthz")  # the follower is up too
         assert metric(leader_port, "kubevents_producer_leader") == 1
         assert metric(other_port, "kubevents_producer_leader") == 0
         first = [create_event(api, ns) for _ in range(20)]
