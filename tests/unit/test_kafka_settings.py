@@ -1,0 +1,43 @@
+"""The Kafka options users set reach the clients as aiokafka expects them (no broker needed;
+the local Kafka has no SASL/TLS listener, so this checks the plumbing only)."""
+
+from __future__ import annotations
+
+import ssl
+
+from pydantic import SecretStr
+
+from app.kafka import client_kwargs, producer_kwargs
+from app.settings import KafkaSettings
+
+
+def test_plaintext_producer_is_idempotent_with_acks_all() -> None:
+    kw = producer_kwargs(KafkaSettings(brokers="a:9092,b:9092", compression="none"), "id")
+    assert kw["bootstrap_servers"] == ["a:9092", "b:9092"]
+    assert kw["acks"] == "all" and kw["enable_idempotence"] is True
+    assert kw["compression_type"] is None and "ssl_context" not in kw
+    assert "sasl_mechanism" not in kw
+
+
+def test_sasl_scram_over_tls_without_verification() -> None:
+    kafka = KafkaSettings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="kv",
+        sasl_password=SecretStr("s3cret"),
+        ssl_insecure_skip_verify=True,
+        compression="zstd",
+    )
+    kw = client_kwargs(kafka)
+    assert kw["security_protocol"] == "SASL_SSL" and kw["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert (kw["sasl_plain_username"], kw["sasl_plain_password"]) == ("kv", "s3cret")
+    ctx = kw["ssl_context"]
+    assert isinstance(ctx, ssl.SSLContext)
+    assert ctx.verify_mode == ssl.CERT_NONE and not ctx.check_hostname
+    assert producer_kwargs(kafka, "id")["compression_type"] == "zstd"
+    assert "s3cret" not in repr(kafka), "the password is masked wherever settings are printed"
+
+
+def test_tls_verifies_by_default() -> None:
+    ctx = client_kwargs(KafkaSettings(security_protocol="SSL"))["ssl_context"]
+    assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
