@@ -8,6 +8,7 @@ bounded and the watch resumes (or re-lists) once Kafka is back.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -30,12 +31,18 @@ BLOCKED = Gauge(
 )
 
 
+# Keys repeat (every event of one object has its uid) and aiokafka's murmur2 is pure Python:
+# remember recent hashes. Bounded; the hash is the partitioner's, only computed once per key.
+_murmur2 = functools.lru_cache(maxsize=1 << 16)(murmur2)
+
+
 class Publisher:
     def __init__(self, producer: AIOKafkaProducer, topic: str, max_in_flight: int):
         self._producer, self._topic = producer, topic
-        self._slots = asyncio.Semaphore(max_in_flight)
         self._max = max_in_flight
         self._pending = 0
+        self._waiting = 0  # publishers waiting for room under the in-flight limit
+        self._room = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._last_error_log = 0.0
@@ -48,33 +55,42 @@ class Publisher:
         record is what lets the producer keep up with a bare LIST.
         """
         partitions = sorted(await self._producer.partitions_for(self._topic))
+        count = len(partitions)
         by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
-        for key, value in records:
-            index = (murmur2(key) & 0x7FFFFFFF) % len(partitions)
-            by_partition[partitions[index]].append((key, value))
+        for record in records:
+            by_partition[partitions[(_murmur2(record[0]) & 0x7FFFFFFF) % count]].append(record)
         for partition, items in by_partition.items():
-            batch = self._producer.create_batch()
-            chunk: list[tuple[bytes, bytes]] = []
-            for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # batch full
-                    await self._send_batch(batch, partition, chunk)
-                    batch, chunk = self._producer.create_batch(), []
-                    batch.append(key=key, value=value, timestamp=None)
-                chunk.append((key, value))
-            if chunk:
+            # never more records in one go than the in-flight limit allows at all
+            for start in range(0, len(items), self._max):
+                await self._send_records(partition, items[start : start + self._max])
+
+    async def _send_records(self, partition: int, items: list[tuple[bytes, bytes]]) -> None:
+        batch = self._producer.create_batch()
+        chunk: list[tuple[bytes, bytes]] = []
+        for key, value in items:
+            if batch.append(key=key, value=value, timestamp=None) is None:  # batch full
                 await self._send_batch(batch, partition, chunk)
+                batch, chunk = self._producer.create_batch(), []
+                batch.append(key=key, value=value, timestamp=None)
+            chunk.append((key, value))
+        if chunk:
+            await self._send_batch(batch, partition, chunk)
 
     async def _take_slots(self, n: int) -> None:
-        for _ in range(n):
-            if self._slots.locked():
-                BLOCKED.set(1)
-                self._warn(
-                    f"{self._pending} records await Kafka's acknowledgement (the limit):"
-                    " reading from the API server is paused until Kafka catches up"
-                )
-            await self._slots.acquire()
-            self._pending += 1
+        while self._pending + n > self._max:
+            BLOCKED.set(1)
+            self._warn(
+                f"{self._pending} records await Kafka's acknowledgement (the limit is"
+                f" {self._max}): reading from the API server is paused until Kafka catches up"
+            )
+            self._room.clear()
+            self._waiting += 1
+            try:
+                await self._room.wait()
+            finally:
+                self._waiting -= 1
         BLOCKED.set(0)
+        self._pending += n
         self._idle.clear()
         IN_FLIGHT.set(self._pending)
 
@@ -82,6 +98,7 @@ class Publisher:
         self, batch: Any, partition: int, chunk: list[tuple[bytes, bytes]]
     ) -> None:
         await self._take_slots(len(chunk))
+        batch.close()  # complete: send it now rather than after linger_ms
         try:
             fut = await self._producer.send_batch(batch, self._topic, partition=partition)
         except KafkaError as exc:
@@ -93,8 +110,7 @@ class Publisher:
             exc = f.exception() if not f.cancelled() else asyncio.CancelledError()
             if exc is None:
                 PUBLISHED.inc(len(chunk))
-                for _ in chunk:
-                    self._release()
+                self._release(len(chunk))
             else:  # the batch failed as a whole: retry its records one by one, in place
                 for key, value in chunk:
                     self._failed(key, value, 0, exc)
@@ -140,10 +156,10 @@ class Publisher:
             self._last_error_log = now
             log.warning(message)
 
-    def _release(self) -> None:
-        self._pending -= 1
+    def _release(self, n: int = 1) -> None:
+        self._pending -= n
         IN_FLIGHT.set(self._pending)
-        self._slots.release()
+        self._room.set()
         if self._pending == 0:
             self._idle.set()
 
@@ -157,4 +173,4 @@ class Publisher:
 
     @property
     def full(self) -> bool:
-        return self._pending >= self._max
+        return self._waiting > 0 or self._pending >= self._max

@@ -13,13 +13,15 @@ import logging
 import random
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from app.envelope import build_raw
+from app.envelope import build_raw, build_raw_many
 from app.kube import ApiError, KubeClient
 from app.settings import ProducerSettings
+from app.timeutil import now_iso
 
 log = logging.getLogger("kubevents.source")
 
@@ -68,44 +70,74 @@ class EventSource:
             "fieldSelector": settings.field_selector,
         }
 
-    def _raw(self, obj: dict[str, Any], watch_type: str, via: str) -> tuple[bytes, bytes]:
+    def _raw(
+        self, obj: dict[str, Any], watch_type: str, via: str, observed_at: str
+    ) -> tuple[bytes, bytes]:
         return build_raw(
             obj,
             watch_type=watch_type,
             via=via,
             cluster=self.cluster,
             producer=self.settings.identity,
+            observed_at=observed_at,
+        )
+
+    def _list_page(self, cont: str | None) -> dict[str, Any]:
+        return self.client.get_json(
+            self.path,
+            {**self._selectors, "limit": self.settings.list_page_size, "continue": cont},
         )
 
     def list_all(self) -> str:
-        """Publish every event, page by page; return the snapshot's resourceVersion."""
+        """Publish every event, page by page; return the snapshot's resourceVersion.
+
+        One page is read ahead: while a page is encoded and handed to Kafka, the next one is
+        fetched and parsed by a helper thread (as soon as this page's continue token is known),
+        so the API server's time to produce a page and ours to publish one overlap. Besides the
+        records in flight (bounded by the publisher), at most the page being fetched, the one
+        being encoded and the batch being handed over are held.
+        """
         cont: str | None = None
         snapshot_rv = ""
-        while not self.stop.is_set():
-            try:
-                page = self.client.get_json(
-                    self.path,
-                    {**self._selectors, "limit": self.settings.list_page_size, "continue": cont},
-                )
-            except ApiError as exc:
-                if exc.status == 410 and cont:  # continue token expired mid-list: start over
-                    log.warning("list continue token expired; listing again from the start")
-                    cont, snapshot_rv = None, ""
-                    continue
-                raise
-            meta = page.get("metadata") or {}
-            snapshot_rv = snapshot_rv or str(meta.get("resourceVersion") or "")
-            items = page.get("items") or []
-            api_version = page.get("apiVersion", "v1")
-            for item in items:  # LIST items omit kind/apiVersion; restore them for consumers
-                item.setdefault("kind", "Event")
-                item.setdefault("apiVersion", api_version)
-            if items:
-                self.sink([self._raw(item, "ADDED", "list") for item in items])
-                LISTED.inc(len(items))
-            cont = meta.get("continue") or None
-            if not cont:
-                break
+        ahead = ThreadPoolExecutor(1, thread_name_prefix=f"list-{self.namespace or 'all'}")
+        try:
+            pending = ahead.submit(self._list_page, None)
+            while not self.stop.is_set():
+                try:
+                    page = pending.result()
+                except ApiError as exc:
+                    if exc.status == 410 and cont:  # continue token expired mid-list: start over
+                        log.warning("list continue token expired; listing again from the start")
+                        cont, snapshot_rv = None, ""
+                        pending = ahead.submit(self._list_page, None)
+                        continue
+                    raise
+                meta = page.get("metadata") or {}
+                snapshot_rv = snapshot_rv or str(meta.get("resourceVersion") or "")
+                cont = meta.get("continue") or None
+                if cont:
+                    pending = ahead.submit(self._list_page, cont)
+                items = page.get("items") or []
+                api_version = page.get("apiVersion", "v1")
+                for item in items:  # LIST items omit kind/apiVersion; restore them for consumers
+                    item.setdefault("kind", "Event")
+                    item.setdefault("apiVersion", api_version)
+                if items:
+                    self.sink(
+                        build_raw_many(
+                            items,
+                            watch_type="ADDED",
+                            via="list",
+                            cluster=self.cluster,
+                            producer=self.settings.identity,
+                        )
+                    )
+                    LISTED.inc(len(items))
+                del page, items
+                if not cont:
+                    break
+        finally:
+            ahead.shutdown(wait=False, cancel_futures=True)
         return snapshot_rv
 
     def watch_once(self, resource_version: str) -> None:
@@ -122,6 +154,7 @@ class EventSource:
                 self.path, query, timeout_s=self.settings.watch_timeout_s + 30, stop=self.stop
             ):
                 records: Records = []
+                observed_at = now_iso()  # one chunk read at one instant
                 for notification in batch:
                     kind = notification.get("type")
                     obj = notification.get("object") or {}
@@ -139,7 +172,7 @@ class EventSource:
                     if kind in ("ADDED", "MODIFIED") or (
                         kind == "DELETED" and self.settings.include_deleted
                     ):
-                        records.append(self._raw(obj, str(kind), "watch"))
+                        records.append(self._raw(obj, str(kind), "watch", observed_at))
                     if rv:  # BOOKMARKs only move the resourceVersion
                         self.resource_version = str(rv)
                 if records:

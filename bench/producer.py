@@ -1,10 +1,23 @@
 """Benchmark: API server -> Kafka via `kubevents produce`, against a bare lister in the same run.
 
-Creates N events in a fresh namespace, then measures
-  * bare:     a paginated LIST of those events that reads every page and discards it;
-  * producer: `kubevents produce` listing the same events and publishing each to Kafka (acks=all),
-              timed until Kafka holds all N; its peak RSS (VmHWM).
-Prints events/s for both and the ratio. Usage: python -m bench.producer [--events 20000]
+Creates N events in a fresh namespace, then, for each of R rounds (alternating, so that both see
+the same machine load), measures
+  * bare:     a paginated LIST of those events (the producer's page size) that reads and parses
+              every page and discards it: the floor of what reading the stream costs. It runs
+              with the producer's garbage-collector settings (``tune_gc``), else Python's
+              collector alone makes it ~10 % slower than it need be;
+  * producer: a fresh `kubevents produce` listing the same events and publishing each to Kafka
+              (acks=all, default settings), into a topic created with LogAppendTime; its peak RSS
+              (VmHWM) and CPU time (start-up included).
+The producer's steady rate comes from the broker's append times: the records appended after the
+first append, over the time from the first append to the last (no polling error, and nothing
+asked of the producer while it works; its /metrics is polled every 100 ms only to see the end).
+The bare rate covers its whole LIST, first page included; a round's ratio divides the two. The
+"wall" rate counts from the producer's process start (imports, connections). Per-round figures,
+medians and the ratio of the medians are printed.
+
+Usage: python -m bench.producer [--events 20000] [--rounds 3] [--namespace NS --keep]
+                                [--set KUBEVENTS_KAFKA_COMPRESSION=zstd ...]
 """
 
 from __future__ import annotations
@@ -14,13 +27,27 @@ import asyncio
 import json
 import math
 import os
+import statistics
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from app.kube import KubeClient
-from app.settings import KubernetesSettings
-from bench.common import start, topic_size, wait_metric
+from app.kube import ApiError, KubeClient
+from app.producer import tune_gc
+from app.settings import KubernetesSettings, ProducerSettings, TopicSettings
+from bench.common import (
+    append_times,
+    cpu_seconds,
+    create_log_append_time_topic,
+    start,
+    steady_rate,
+    topic_size,
+    wait_metric_progress,
+)
+
+PAGE = ProducerSettings.model_fields["list_page_size"].default
+PARTITIONS = TopicSettings.model_fields["partitions"].default
 
 
 def create_events(client: KubeClient, ns: str, n: int) -> None:
@@ -60,31 +87,34 @@ def create_events(client: KubeClient, ns: str, n: int) -> None:
         list(pool.map(one, range(n)))
 
 
+def count_events(client: KubeClient, ns: str) -> int:
+    try:
+        client.get_json(f"/api/v1/namespaces/{ns}")
+    except ApiError as exc:
+        if exc.status == 404:
+            return -1
+        raise
+    return bare_list(client, ns)[0]
+
+
 def bare_list(client: KubeClient, ns: str) -> tuple[int, float]:
+    """What the producer's LIST costs with nothing done with the items: fetch and parse."""
     started = time.monotonic()
     cont, total = None, 0
     while True:
-        page = client.get_json(f"/api/v1/namespaces/{ns}/events", {"limit": 500, "continue": cont})
+        page = client.get_json(f"/api/v1/namespaces/{ns}/events", {"limit": PAGE, "continue": cont})
         total += len(page["items"])
         cont = page["metadata"].get("continue")
         if not cont:
             return total, time.monotonic() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--events", type=int, default=20_000)
-    args = parser.parse_args()
-    brokers = os.environ["KUBEVENTS_KAFKA_BROKERS"]
-    client = KubeClient.from_settings(KubernetesSettings(qps=5000, burst=5000))
-    ns = f"bench-{uuid.uuid4().hex[:6]}"
-    t = time.monotonic()
-    create_events(client, ns, args.events)
-    print(f"created {args.events} events in {time.monotonic() - t:.1f}s")
-
-    n, bare_s = bare_list(client, ns)
-    topic = f"bench-raw-{uuid.uuid4().hex[:6]}"
+def produce_once(
+    ns: str, n: int, brokers: str, topic: str, extra_env: dict[str, str]
+) -> dict[str, Any]:
+    asyncio.run(create_log_append_time_topic(brokers, topic, PARTITIONS))
     env = {
+        **extra_env,
         "KUBEVENTS_TOPICS_RAW": topic,
         "KUBEVENTS_PRODUCER_NAMESPACES": ns,
         "KUBEVENTS_PRODUCER_LEADER_ELECTION": "false",
@@ -94,25 +124,108 @@ def main() -> None:
     }
     started = time.monotonic()
     proc = start(["produce"], env, "bench-producer.log")
-    # Progress from the producer's own counter of records Kafka acknowledged (cheap to poll,
-    # unlike a consumer); the topic's size is checked once at the end.
-    first, done, peak = wait_metric(18080, "kubevents_producer_published_total", n, 600, proc)
+    try:
+        # Completion from the producer's own counter of records Kafka acknowledged, polled
+        # slowly (serving /metrics costs the producer CPU); the rate from the broker's append
+        # times, read once at the end.
+        _, _, done, peak = wait_metric_progress(
+            18080, "kubevents_producer_published_total", n, 600, proc, interval_s=0.1
+        )
+        cpu = cpu_seconds(proc.pid) if proc.poll() is None else float("nan")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    times = asyncio.run(append_times(brokers, topic, n)) if not math.isnan(done) else []
     in_topic = asyncio.run(topic_size(brokers, topic))
-    proc.terminate()
-    proc.wait(30)
-    client.request("DELETE", f"/api/v1/namespaces/{ns}")
-    ok = not math.isnan(done)
-    steady = n / (done - first) if ok else 0.0
-    wall = n / (done - started) if ok else 0.0
+    return {
+        "steady": steady_rate(times) if len(times) == n else 0.0,
+        "wall": n / (done - started) if not math.isnan(done) else 0.0,
+        "peak_rss_mib": peak,
+        "cpu_s": cpu,
+        "in_topic": in_topic,
+    }
+
+
+def delete_topics(brokers: str, topics: list[str]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def go() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+        await admin.start()
+        try:
+            await admin.delete_topics(topics)
+        finally:
+            await admin.close()
+
+    try:
+        asyncio.run(go())
+    except Exception as exc:  # cleanup only: report and go on
+        print(f"could not delete topics {topics}: {exc}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--namespace", help="reuse this namespace's events (created if missing)")
+    parser.add_argument("--keep", action="store_true", help="do not delete the namespace")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="VAR=VALUE",
+        help="extra environment for the producer, e.g. KUBEVENTS_KAFKA_COMPRESSION=zstd",
+    )
+    args = parser.parse_args()
+    brokers = os.environ["KUBEVENTS_KAFKA_BROKERS"]
+    client = KubeClient.from_settings(KubernetesSettings(qps=5000, burst=5000))
+    ns = args.namespace or f"bench-{uuid.uuid4().hex[:6]}"
+    have = count_events(client, ns) if args.namespace else -1
+    if have < 0:
+        t = time.monotonic()
+        create_events(client, ns, args.events)
+        print(f"created {args.events} events in {time.monotonic() - t:.1f}s")
+    extra_env = dict(item.split("=", 1) for item in args.set)
+    tune_gc()  # the bare reader runs with the producer's garbage-collector settings
+    rounds: list[dict[str, Any]] = []
+    topics: list[str] = []
+    try:
+        for r in range(args.rounds):
+            n, bare_s = bare_list(client, ns)
+            topics.append(f"bench-raw-{uuid.uuid4().hex[:6]}")
+            run = produce_once(ns, n, brokers, topics[-1], extra_env)
+            bare = n / bare_s
+            round_ = {
+                "events": n,
+                "bare_events_per_s": round(bare),
+                "producer_events_per_s": round(run["steady"]),
+                "producer_events_per_s_wall": round(run["wall"]),
+                "ratio": round(run["steady"] / bare, 3),
+                "peak_rss_mib": round(run["peak_rss_mib"], 1),
+                "producer_cpu_s": round(run["cpu_s"], 2),
+                "records_in_topic": run["in_topic"],
+            }
+            print(f"round {r + 1}: {json.dumps(round_)}", flush=True)
+            rounds.append(round_)
+    finally:
+        if not args.keep:
+            client.request("DELETE", f"/api/v1/namespaces/{ns}")
+        if topics:
+            delete_topics(brokers, topics)
+    bare_med = statistics.median(r["bare_events_per_s"] for r in rounds)
+    prod_med = statistics.median(r["producer_events_per_s"] for r in rounds)
     result = {
-        "events": n,
-        "bare_list_events_per_s": round(n / bare_s),
-        "producer_events_per_s_wall": round(wall),
-        "producer_events_per_s_after_first": round(steady),
-        "ratio_wall": round(wall / (n / bare_s), 3),
-        "ratio_after_first": round(steady / (n / bare_s), 3),
-        "producer_peak_rss_mib": round(peak, 1),
-        "records_in_topic": in_topic,
+        "events": rounds[0]["events"],
+        "rounds": len(rounds),
+        "bare_events_per_s_median": round(bare_med),
+        "producer_events_per_s_median": round(prod_med),
+        "producer_events_per_s_wall_median": round(
+            statistics.median(r["producer_events_per_s_wall"] for r in rounds)
+        ),
+        "ratio_of_medians": round(prod_med / bare_med, 3),
+        "ratio_median": statistics.median(r["ratio"] for r in rounds),
+        "peak_rss_mib_max": max(r["peak_rss_mib"] for r in rounds),
+        "all_records_in_topic": all(r["records_in_topic"] == r["events"] for r in rounds),
     }
     print(json.dumps(result, indent=2))
 

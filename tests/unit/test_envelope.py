@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from app.envelope import DecodeError, build_raw, parse_raw, partition_key
+from app.envelope import DecodeError, build_raw, build_raw_many, parse_raw, partition_key
 from tests.fixtures.events import EVENTS_V1, core_event
 
 
@@ -54,3 +54,15 @@ def test_bad_records(data: bytes | None, reason: str) -> None:
 def test_size_limit() -> None:
     with pytest.raises(DecodeError, match="exceeds the 100-byte limit"):
         parse_raw(b"{" + b" " * 200 + b"}", max_bytes=100)
+
+
+def test_build_raw_many_is_build_raw_byte_for_byte() -> None:
+    objs = [core_event(), EVENTS_V1, core_event(involvedObject={"kind": "Node", "name": "n1"})]
+    at = "2024-05-01T00:00:00.000000Z"
+    common = {"watch_type": "ADDED", "via": "list", "cluster": 'c"1', "producer": "p\u00e91"}
+    many = build_raw_many(objs, **common, observed_at=at)
+    assert many == [build_raw(obj, **common, observed_at=at) for obj in objs]
+    raw = parse_raw(many[1][1], max_bytes=1 << 20)
+    assert raw.obj == EVENTS_V1 and raw.cluster == 'c"1'
+    assert json.loads(many[1][1])["api"] == "events.k8s.io/v1"
+    assert build_raw_many([], **common) == []

@@ -22,6 +22,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("KUBEVENTS_"):
             monkeypatch.delenv(key)
+    # load_settings(file) sets KUBEVENTS_CONFIG itself: have monkeypatch remove it afterwards,
+    # or every later test of the session (and the processes it starts) reads the example file.
+    monkeypatch.setenv("KUBEVENTS_CONFIG", "")
+    monkeypatch.delenv("KUBEVENTS_CONFIG")
 
 
 def test_env_sections_and_lists(monkeypatch: pytest.MonkeyPatch) -> None:
