@@ -2,27 +2,58 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
+from pathlib import Path
 from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
+)
 from aiokafka.helpers import create_ssl_context
 from aiokafka.structs import OffsetAndMetadata
 
 from app.errors import UserError
 from app.settings import KafkaSettings, TopicSettings
 
+_TLS_FILES = {
+    "ssl_cafile": "the CA bundle that signed the brokers' certificates",
+    "ssl_certfile": "the client certificate (PEM)",
+    "ssl_keyfile": "the client certificate's private key (PEM)",
+}
+
+
+def _tls_file(kafka: KafkaSettings, field: str) -> str | None:
+    """The file's path, or a UserError naming the variable (ssl's own error names no setting)."""
+    path: Path | None = getattr(kafka, field)
+    if path is None:
+        return None
+    if not path.is_file():
+        raise UserError(
+            f"KUBEVENTS_KAFKA_{field.upper()}={str(path)!r} is not a readable file:"
+            f" set it to {_TLS_FILES[field]}"
+        )
+    return str(path)
+
 
 def ssl_context(kafka: KafkaSettings) -> ssl.SSLContext | None:
     if kafka.security_protocol not in ("SSL", "SASL_SSL"):
         return None
-    ctx = create_ssl_context(
-        cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
-        certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
-        keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
-    )
+    cafile, certfile, keyfile = (_tls_file(kafka, field) for field in _TLS_FILES)
+    try:
+        ctx = create_ssl_context(cafile=cafile, certfile=certfile, keyfile=keyfile)
+    except ssl.SSLError as exc:
+        raise UserError(
+            f"cannot load the Kafka TLS files ({exc.reason or exc}): KUBEVENTS_KAFKA_SSL_CAFILE,"
+            " _SSL_CERTFILE and _SSL_KEYFILE must be PEM files, the key matching the certificate"
+        ) from None
     if kafka.ssl_insecure_skip_verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -71,15 +102,96 @@ def unreachable(kafka: KafkaSettings, exc: Exception) -> UserError:
     )
 
 
+def explain_connect_failure(kafka: KafkaSettings, broker: str, exc: Exception) -> UserError:
+    """One line naming why one broker refused us, and the setting that fixes it."""
+    if isinstance(exc, SaslAuthenticationFailed):
+        return UserError(
+            f"Kafka at {broker} rejected user {kafka.sasl_username!r} with SASL mechanism"
+            f" {kafka.sasl_mechanism} ({exc.args[0] if exc.args else exc.description}): check"
+            " KUBEVENTS_KAFKA_SASL_USERNAME, KUBEVENTS_KAFKA_SASL_PASSWORD and"
+            " KUBEVENTS_KAFKA_SASL_MECHANISM (a SCRAM user exists per mechanism)"
+        )
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return UserError(
+            f"Kafka at {broker}: {exc.description or exc}; set KUBEVENTS_KAFKA_SASL_MECHANISM"
+            " to one the broker enables"
+        )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        ca = (
+            f"KUBEVENTS_KAFKA_SSL_CAFILE={str(kafka.ssl_cafile)!r}"
+            if kafka.ssl_cafile
+            else "the system's CAs (KUBEVENTS_KAFKA_SSL_CAFILE is not set)"
+        )
+        return UserError(
+            f"the TLS certificate of Kafka at {broker} failed verification against {ca}"
+            f" ({exc.verify_message}): set KUBEVENTS_KAFKA_SSL_CAFILE to the CA that signed the"
+            " brokers' certificates (KUBEVENTS_KAFKA_SSL_INSECURE_SKIP_VERIFY=true skips the"
+            " check: for testing only)"
+        )
+    if isinstance(exc, ssl.SSLError):
+        return UserError(
+            f"TLS handshake with Kafka at {broker} failed ({exc.reason or exc}): check that"
+            f" {broker} is a TLS listener (security_protocol={kafka.security_protocol}) and the"
+            " KUBEVENTS_KAFKA_SSL_* files"
+        )
+    if (
+        isinstance(exc, KafkaConnectionError)
+        and kafka.security_protocol in ("SSL", "SASL_SSL")
+        and kafka.ssl_certfile is None
+    ):
+        # A listener requiring client certificates closes the connection after the TLS 1.3
+        # handshake, with nothing more specific for the client to report.
+        return UserError(
+            f"Kafka at {broker} closed the TLS connection ({exc}): if its listener requires"
+            " client certificates (mutual TLS), set KUBEVENTS_KAFKA_SSL_CERTFILE and"
+            " KUBEVENTS_KAFKA_SSL_KEYFILE"
+        )
+    return unreachable(kafka, exc)
+
+
+async def diagnose(kafka: KafkaSettings, failure: Exception) -> UserError:
+    """Why the brokers cannot be used: aiokafka's own error (``failure``) says only "Unable to
+    bootstrap", so connect to each bootstrap broker once more and explain the first refusal."""
+    kw = client_kwargs(kafka)
+    first: UserError | None = None
+    for broker in kafka.bootstrap_servers:
+        host, _, port = broker.rpartition(":") if ":" in broker else (broker, "", "9092")
+        try:
+            conn = await create_conn(
+                host,
+                int(port),
+                client_id="kubevents-diagnose",
+                request_timeout_ms=kafka.request_timeout_ms,
+                ssl_context=kw.get("ssl_context"),
+                security_protocol=kafka.security_protocol,
+                sasl_mechanism=kw.get("sasl_mechanism"),
+                sasl_plain_username=kw.get("sasl_plain_username"),
+                sasl_plain_password=kw.get("sasl_plain_password"),
+            )
+        except (OSError, KafkaError) as exc:  # TimeoutError is an OSError
+            first = first or explain_connect_failure(kafka, broker, exc)
+        else:
+            conn.close()
+    return first or unreachable(kafka, failure)
+
+
 async def ensure_topics(
     kafka: KafkaSettings, topics: TopicSettings, extra: tuple[str, ...] = ()
 ) -> list[str]:
     """Create kubevents' topics (and ``extra`` ones) if missing; returns the ones created."""
     admin = AIOKafkaAdminClient(**client_kwargs(kafka), client_id="kubevents-admin")
+    # Every command talks to Kafka here first: a failure is explained in one line by diagnose(),
+    # so aiokafka's own "Unable connect" log line would only repeat it less clearly.
+    client_log = logging.getLogger("aiokafka")
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)
     try:
         await admin.start()
     except (KafkaConnectionError, KafkaError, OSError) as exc:
-        raise unreachable(kafka, exc) from None
+        await admin.close()
+        raise (await diagnose(kafka, exc)) from None
+    finally:
+        client_log.setLevel(level)
     created: list[str] = []
     try:
         existing = set(await admin.list_topics())

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Apache Kafka, single KRaft node (broker + controller), run from Maven Central jars.
 # Usage: stack/kafka.sh install|start|wait|stop|status|env
+# Listeners (all 127.0.0.1): PLAINTEXT 9092 (default, inter-broker), controller 9093, SASL_SSL 9094
+# (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and SSL 9095 with required client certificates; the last
+# two exist so the Kafka security options are tested against a real broker.
 source "$(dirname "$0")/lib.sh"
 
 # 4.1.2 passed a faust-streaming 0.15.3 + aiokafka 0.14.0 smoke test (tables, changelog recovery,
@@ -19,8 +22,17 @@ CONF_DIR="$DATA_DIR/config"
 LOG_DIRS="$DATA_DIR/log"
 # Fixed cluster id (base64url of "kubevents-kafka1"): formatting is reproducible.
 CLUSTER_ID="a3ViZXZlbnRzLWthZmthMQ"
-PORT=9092
-CONTROLLER_PORT=9093
+# Overridable so that a private copy of the broker can run beside the shared one.
+PORT="${KAFKA_PORT:-9092}"
+CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+SASL_SSL_PORT="${KAFKA_SASL_SSL_PORT:-9094}"
+MTLS_PORT="${KAFKA_MTLS_PORT:-9095}"
+# Outside DATA_DIR: a version switch wipes the data, not the certificates.
+TLS_DIR="$STATE/kafka-tls"
+# Throwaway credentials of a broker bound to 127.0.0.1; one user for all three mechanisms.
+SASL_USER=kubevents
+SASL_PASSWORD=kubevents-stack-secret
+SCRAM_CONFIG="SCRAM-SHA-256=[password=$SASL_PASSWORD],SCRAM-SHA-512=[password=$SASL_PASSWORD]"
 
 is_4x() { [[ "${KAFKA_VERSION%%.*}" -ge 4 ]]; }
 
@@ -56,6 +68,40 @@ EOF
   touch "$HOME_DIR/.installed"
 }
 
+# A throwaway CA, a broker certificate for 127.0.0.1/localhost and a client certificate, made once
+# (openssl takes about a second; later starts reuse them until a month before they expire).
+make_certs() {
+  local fresh=1 f
+  for f in ca.pem broker.pem client.pem; do
+    openssl x509 -checkend 2592000 -noout -in "$TLS_DIR/$f" >/dev/null 2>&1 || fresh=0
+  done
+  [[ -f "$TLS_DIR/broker-keystore.pem" && -f "$TLS_DIR/client.key" ]] || fresh=0
+  ((fresh)) && return 0
+  log "kafka: generating a throwaway CA and TLS certificates in $TLS_DIR"
+  rm -rf "$TLS_DIR"
+  mkdir -p "$TLS_DIR"
+  (
+    cd "$TLS_DIR"
+    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 -keyout ca.key -out ca.pem \
+      -subj "/CN=kubevents stack CA" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign"
+    sign() {  # sign NAME SUBJECT EXTENSIONS
+      openssl req -new -newkey rsa:2048 -nodes -sha256 -keyout "$1.key" -out "$1.csr" -subj "$2"
+      printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+        "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid,issuer" "$3" >"$1.ext"
+      openssl x509 -req -sha256 -days 825 -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial \
+        -extfile "$1.ext" -out "$1.pem"
+      rm -f "$1.csr" "$1.ext"
+    }
+    # Clients check the host name: the broker's certificate must name 127.0.0.1 (SAN, not CN).
+    sign broker "/CN=localhost" $'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth'
+    sign client "/CN=kubevents-client" "extendedKeyUsage=clientAuth"
+    # Kafka's PEM key store: the (PKCS#8, unencrypted) key and the certificate in one file.
+    cat broker.key broker.pem >broker-keystore.pem
+    chmod 600 ./*.key broker-keystore.pem
+  ) >>"$LOGS/kafka.log" 2>&1 || die "kafka: certificate generation failed (see $LOGS/kafka.log)"
+}
+
 write_config() {
   mkdir -p "$CONF_DIR" "$LOG_DIRS"
   cat >"$CONF_DIR/server.properties" <<EOF
@@ -63,12 +109,24 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT,SASL_SSL://127.0.0.1:$SASL_SSL_PORT,SSL://127.0.0.1:$MTLS_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,SASL_SSL://127.0.0.1:$SASL_SSL_PORT,SSL://127.0.0.1:$MTLS_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 log.dirs=$LOG_DIRS
+
+# Secured listeners, only for clients (the broker and controller talk PLAINTEXT). PEM stores, so no
+# keytool. SASL_SSL: PLAIN users are listed here, SCRAM users live in the cluster metadata.
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_DIR/broker-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem
+listener.name.sasl_ssl.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER="$SASL_PASSWORD";
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.ssl.ssl.client.auth=required
 
 # Single node: every internal topic has one replica.
 offsets.topic.replication.factor=1
@@ -168,19 +226,26 @@ start() {
   is_running kafka && { log "kafka already running (pid $(cat "$RUN/kafka.pid"))"; return 0; }
   port_open "$PORT" && die "port $PORT is taken by another process"
   port_open "$CONTROLLER_PORT" && die "port $CONTROLLER_PORT is taken by another process"
+  port_open "$SASL_SSL_PORT" && die "port $SASL_SSL_PORT is taken by another process"
+  port_open "$MTLS_PORT" && die "port $MTLS_PORT is taken by another process"
   # A log dir formatted by another Kafka version may not be readable (no downgrades): start afresh.
   if [[ -f "$DATA_DIR/.version" && "$(cat "$DATA_DIR/.version")" != "$KAFKA_VERSION" ]]; then
     log "kafka data was written by $(cat "$DATA_DIR/.version"), now $KAFKA_VERSION: wiping $DATA_DIR"
     rm -rf "$DATA_DIR"
   fi
+  make_certs
   write_config
   local opts; mapfile -t opts < <(java_opts)
   if [[ ! -f "$LOG_DIRS/meta.properties" ]]; then
     log "kafka: formatting storage (cluster id $CLUSTER_ID)"
+    # A fresh log dir gets its SCRAM users at format time (no extra JVM run after start).
     java "${opts[@]}" -cp "$HOME_DIR/libs/*" kafka.tools.StorageTool format \
-      -t "$CLUSTER_ID" -c "$CONF_DIR/server.properties" >>"$LOGS/kafka.log" 2>&1 \
+      -t "$CLUSTER_ID" -c "$CONF_DIR/server.properties" \
+      --add-scram "SCRAM-SHA-256=[name=$SASL_USER,password=$SASL_PASSWORD]" \
+      --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]" >>"$LOGS/kafka.log" 2>&1 \
       || { tail -n 20 "$LOGS/kafka.log" >&2; die "kafka storage format failed"; }
     echo "$KAFKA_VERSION" >"$DATA_DIR/.version"
+    echo "$SASL_USER $SCRAM_CONFIG" >"$DATA_DIR/.scram-users"
   fi
   start_bg kafka java "${opts[@]}" -cp "$HOME_DIR/libs/*" kafka.Kafka "$CONF_DIR/server.properties"
 }
@@ -230,15 +295,41 @@ print("ok")
 EOF
 }
 
+# A log dir formatted before the SCRAM users existed (or with other passwords) gets them through
+# the Admin API once the broker is up; the marker makes later starts skip this JVM run.
+ensure_scram_users() {
+  local marker="$DATA_DIR/.scram-users"
+  [[ "$(cat "$marker" 2>/dev/null)" == "$SASL_USER $SCRAM_CONFIG" ]] && return 0
+  log "kafka: creating SCRAM user $SASL_USER"
+  local opts mechanism; mapfile -t opts < <(java_opts)
+  # One mechanism per request: KRaft refuses two credentials of one user in the same request.
+  for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+    java "${opts[@]}" -cp "$HOME_DIR/libs/*" kafka.admin.ConfigCommand \
+      --bootstrap-server "127.0.0.1:$PORT" --alter --entity-type users --entity-name "$SASL_USER" \
+      --add-config "$mechanism=[password=$SASL_PASSWORD]" >>"$LOGS/kafka.log" 2>&1 \
+      || { tail -n 20 "$LOGS/kafka.log" >&2; die "kafka: could not create SCRAM user $SASL_USER"; }
+  done
+  echo "$SASL_USER $SCRAM_CONFIG" >"$marker"
+}
+
 case "${1:-}" in
   install) install ;;
   start) start ;;
-  wait) wait_for kafka "${KAFKA_WAIT_TIMEOUT:-120}" probe ;;
+  wait) wait_for kafka "${KAFKA_WAIT_TIMEOUT:-120}" probe && ensure_scram_users ;;
   stop) stop_bg kafka ;;
   status)
     if is_running kafka && probe >/dev/null 2>&1; then echo "kafka $KAFKA_VERSION: ready (pid $(cat "$RUN/kafka.pid"))"
     elif is_running kafka; then echo "kafka $KAFKA_VERSION: starting (pid $(cat "$RUN/kafka.pid"))"
     else echo "kafka: stopped"; exit 1; fi ;;
-  env) echo "export KUBEVENTS_KAFKA_BROKERS=127.0.0.1:$PORT" ;;
+  env)
+    echo "export KUBEVENTS_KAFKA_BROKERS=127.0.0.1:$PORT"
+    # For tests/integration/test_kafka_security.py (not read by kubevents itself).
+    echo "export KUBEVENTS_TEST_KAFKA_SASL_SSL=127.0.0.1:$SASL_SSL_PORT"
+    echo "export KUBEVENTS_TEST_KAFKA_MTLS=127.0.0.1:$MTLS_PORT"
+    echo "export KUBEVENTS_TEST_KAFKA_CA=$TLS_DIR/ca.pem"
+    echo "export KUBEVENTS_TEST_KAFKA_CLIENT_CERT=$TLS_DIR/client.pem"
+    echo "export KUBEVENTS_TEST_KAFKA_CLIENT_KEY=$TLS_DIR/client.key"
+    echo "export KUBEVENTS_TEST_KAFKA_SASL_USERNAME=$SASL_USER"
+    echo "export KUBEVENTS_TEST_KAFKA_SASL_PASSWORD=$SASL_PASSWORD" ;;
   *) echo "usage: $0 install|start|wait|stop|status|env" >&2; exit 2 ;;
 esac

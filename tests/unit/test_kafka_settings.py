@@ -1,12 +1,14 @@
 """The Kafka options users set reach the clients as aiokafka expects them (no broker needed;
-the local Kafka has no SASL/TLS listener, so this checks the plumbing only)."""
+tests/integration/test_kafka_security.py proves them against the stack's secured listeners)."""
 
 from __future__ import annotations
 
 import ssl
 
+import pytest
 from pydantic import SecretStr
 
+from app.errors import UserError
 from app.kafka import client_kwargs, producer_kwargs
 from app.settings import KafkaSettings
 
@@ -41,3 +43,10 @@ def test_sasl_scram_over_tls_without_verification() -> None:
 def test_tls_verifies_by_default() -> None:
     ctx = client_kwargs(KafkaSettings(security_protocol="SSL"))["ssl_context"]
     assert ctx.verify_mode == ssl.CERT_REQUIRED and ctx.check_hostname
+
+
+def test_an_empty_variable_means_unset_and_a_missing_tls_file_is_named() -> None:
+    kafka = KafkaSettings(security_protocol="SSL", ssl_cafile="", ssl_certfile="/no/such.pem")
+    assert kafka.ssl_cafile is None, "not Path('') (the current directory)"
+    with pytest.raises(UserError, match=r"KUBEVENTS_KAFKA_SSL_CERTFILE='/no/such.pem' is not a"):
+        client_kwargs(kafka)
