@@ -1,34 +1,40 @@
-"""The core agent: raw topic -> decode/dedupe/enrich -> enriched topic, DLQ and count messages.
+"""The core agent: raw topic -> decode/dedupe/enrich/count -> enriched topic, DLQ and tables.
 
-Offsets: every output is attached to the offset of the raw record that caused it
-(``stream_publish_on_commit``); Faust publishes the attached messages, waits for Kafka's
-acknowledgements, and only then commits that offset. A publish that fails stops the worker
-rather than committing past it, so a restart processes the record again: at-least-once, and
-the dedupe step plus idempotent sinks make the repeats harmless. (A first version acked
-``noack`` events itself after delivery; it lost records that were in flight during a
-rebalance, see tests/integration/test_core.py::test_two_workers_*.)
+It takes the raw records in batches (``stream.noack_take``: nothing is acked until said so) and
+for each batch, in this order:
+  1. decides and builds every output (dedupe reads the table plus what this batch decided);
+  2. publishes the outputs and waits until Kafka acknowledged all of them (acks=all);
+  3. writes the dedupe rows and count increments to the tables;
+  4. acks the records, which lets Faust commit their offsets.
+A crash before 2 completes re-processes the records (outputs published again: exact repeats
+that the idempotent sinks absorb); a crash between 2 and 3 does too, as the table does not know
+the versions yet; after 3 the versions are known and a redelivery passes nothing and counts
+nothing. The table never runs ahead of the outputs, so a version is never dropped as "seen"
+without having been published.
+
+Records fetched under an earlier consumer generation (a rebalance happened meanwhile) are
+published but write no table rows and are not acked: the partition may belong to another worker
+now, which reads it again from the committed offset (app/faust_fixes.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from functools import partial
+from collections.abc import Sequence
 from typing import Any
 
 from app import pipeline
-from app.core_app import app, counts_topic, dlq_topic, enriched_topic, raw_topic, settings
+from app.core_app import app, raw_topic, settings
 from app.enrich import Enricher
+from app.faust_context import current
 from app.kube import KubeClient
-from app.owners import TTLCache
+from app.outputs import OutputPublisher, Record
+from tables import counts
 from tables.dedupe import seen
 
 log = logging.getLogger("kubevents.core")
 
-TOPICS = {"enriched": enriched_topic, "dlq": dlq_topic, "counts": counts_topic}
-
-# Versions this worker emitted that the tracker may not have written back yet.
-recent = TTLCache(200_000, settings.core.dedupe_ttl_s)
+TOPIC_NAMES = {"enriched": settings.topics.enriched, "dlq": settings.topics.dlq}
 
 
 def _enricher() -> Enricher:
@@ -41,43 +47,66 @@ def _enricher() -> Enricher:
     return Enricher(settings.core, client)
 
 
-def seen_get(uid: str, partition: int, offset: int) -> Any:
-    """Newest version known for ``uid``: what this worker emitted from an earlier record of the
-    same partition, else the dedupe table (written from the delivered enriched topic).
+class Batch:
+    """What one batch decided: outputs to publish, then table writes."""
 
-    A note from a record at or after ``offset`` means the partition is being read again (a
-    rebalance, a seek): that note may describe output that was never published, so it is
-    ignored and the table, which only holds delivered versions, decides.
-    """
-    hit, note = recent.get((uid,))
-    if hit and note[1] == partition and note[2] < offset:
-        return note[0]
-    return seen.get(uid)
+    def __init__(self) -> None:
+        self.records: list[Record] = []
+        self.states: dict[str, tuple[Any, Any]] = {}  # uid -> (event, newest state)
+        self.increments: list[tuple[Any, pipeline.Increment]] = []
 
+    def seen_get(self, uid: str, event: Any) -> Any:
+        if uid in self.states:
+            return self.states[uid][1]
+        with current(event):
+            return seen.get(uid)
 
-def seen_note(uid: str, state: Any, partition: int, offset: int) -> None:
-    recent.put((uid,), (state, partition, offset))
-
-
-@app.agent(raw_topic, name="core")
-async def core(stream: Any) -> AsyncIterator[None]:
-    enricher = _enricher()
-    async for event in stream.events():
+    async def add(self, event: Any, enricher: Enricher) -> None:
         message = event.message
-        part, off = message.partition, message.offset
-        outputs = await pipeline.process(
+        result = await pipeline.process(
             event.value,
             pipeline.Origin(message.topic, message.partition, message.offset, event.key),
             max_bytes=settings.core.max_record_bytes,
             default_cluster=settings.cluster.name,
-            seen_get=partial(seen_get, partition=part, offset=off),
-            seen_set=partial(seen_note, partition=part, offset=off),
+            seen_get=lambda uid: self.seen_get(uid, event),
+            seen_set=lambda uid, state: self.states.__setitem__(uid, (event, state)),
             enricher=enricher,
         )
-        for output in outputs:
-            # Attached to this event's offset (stream_publish_on_commit): Faust publishes it
-            # and waits for Kafka's acknowledgement before it commits that offset.
-            await TOPICS[output.topic].send(
-                key=output.key, value=output.value, timestamp=output.timestamp
-            )
-        yield None
+        for out in result.outputs:
+            self.records.append((TOPIC_NAMES[out.topic], out.key, out.value, out.timestamp))
+        self.increments.extend((event, inc) for inc in result.increments)
+
+    def write_tables(self) -> None:
+        generation = app.consumer_generation_id
+        for uid, (event, state) in self.states.items():
+            if event.message.generation_id == generation:
+                with current(event):
+                    seen.set(uid, state)
+        counts.add_batch(
+            (event, inc.key, inc.delta, inc.at)
+            for event, inc in self.increments
+            if event.message.generation_id == generation
+        )
+
+
+async def handle(events: Sequence[Any], enricher: Enricher, publisher: OutputPublisher) -> None:
+    batch = Batch()
+    for event in events:
+        await batch.add(event, enricher)
+    await publisher.publish(batch.records)
+    batch.write_tables()
+
+
+@app.agent(raw_topic, name="core")
+async def core(stream: Any) -> None:
+    enricher = _enricher()
+    publisher = await OutputPublisher.start(settings.kafka, f"{settings.core.app_id}-outputs")
+    try:
+        async for events in stream.noack_take(
+            settings.core.batch_size, within=settings.core.batch_wait_s
+        ):
+            await handle(events, enricher, publisher)
+            for event in events:
+                await stream.ack(event)
+    finally:
+        await publisher.stop()

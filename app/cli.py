@@ -14,7 +14,7 @@ from app import __version__
 from app.errors import UserError
 
 PIPELINES = {
-    "core": ("agents.core", "agents.tracker", "agents.counts", "app.views"),
+    "core": ("agents.core", "app.views"),
 }
 
 
@@ -49,11 +49,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.file == "-":
         count = asyncio.run(replay(settings, sys.stdin, "<stdin>", progress=not args.quiet))
     else:
+        # Only opening the dump is "cannot read": an OSError from replay() (a TLS file, a
+        # socket) must not be blamed on the dump.
         try:
-            with open(args.file, encoding="utf-8") as fh:
-                count = asyncio.run(replay(settings, fh, args.file, progress=not args.quiet))
+            fh = open(args.file, encoding="utf-8")  # noqa: SIM115 - closed by the with below
         except OSError as exc:
             raise UserError(f"cannot read {args.file}: {exc.strerror}") from None
+        with fh:
+            count = asyncio.run(replay(settings, fh, args.file, progress=not args.quiet))
     print(f"published {count} events to {settings.topics.raw}")
     return 0
 
@@ -80,16 +83,11 @@ def cmd_worker(args: argparse.Namespace) -> NoReturn:
     from app.kafka import ensure_topics, pin_unstarted_partitions
 
     settings = _settings(args)
-    counts = f"{settings.core.app_id}-counts"
-    # Clear error if Kafka is unreachable; every topic the group reads exists with the same
-    # partition count (tables are co-partitioned with their source topics).
-    asyncio.run(ensure_topics(settings.kafka, settings.topics, extra=(counts,)))
+    # Clear error if Kafka is unreachable; every topic exists with the same partition count
+    # (tables are co-partitioned with the raw topic).
+    asyncio.run(ensure_topics(settings.kafka, settings.topics))
     asyncio.run(
-        pin_unstarted_partitions(
-            settings.kafka,
-            settings.core.app_id,
-            [settings.topics.raw, settings.topics.enriched, counts],
-        )
+        pin_unstarted_partitions(settings.kafka, settings.core.app_id, [settings.topics.raw])
     )
     import importlib
 

@@ -52,10 +52,9 @@ def create_app(settings: Settings) -> faust.App:
         producer_linger_ms=settings.kafka.linger_ms,
         broker_session_timeout=core.session_timeout_s,
         broker_heartbeat_interval=min(3.0, core.session_timeout_s / 3),
-        # Outputs are attached to the offset of the event that caused them and published,
-        # and acknowledged, before that offset is committed: at-least-once, never a commit
-        # past an output that is not durable (a failed publish stops the worker instead).
-        stream_publish_on_commit=True,
+        # The core agent publishes its outputs itself and acks a record only once they are
+        # acknowledged (agents/core.py); nothing is sent through Faust's attachments.
+        stream_publish_on_commit=False,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         autodiscover=False,
@@ -83,7 +82,3 @@ def bytes_topic(name: str, internal: bool = False) -> Any:
 
 
 raw_topic = bytes_topic(settings.topics.raw)
-enriched_topic = bytes_topic(settings.topics.enriched)
-dlq_topic = bytes_topic(settings.topics.dlq)
-# Repartition topic for counting: keyed by what is counted (DESIGN decision 3).
-counts_topic = bytes_topic(f"{settings.core.app_id}-counts", internal=True)

@@ -1,4 +1,4 @@
-"""Two corrections to faust-streaming 0.15.x / aiokafka 0.14 that "nothing lost" depends on.
+"""Corrections to faust-streaming 0.15.x / aiokafka 0.14 that "nothing lost" depends on.
 
 1. Acks of messages skipped during a rebalance.
 
@@ -14,15 +14,38 @@ and the message is fetched and processed again. Re-processing, not loss: at-leas
 committed offset is > 0 (``if offset and offset > 0``); for 0 or none it leaves the position
 wherever the fetcher had got to before the rebalance, past records that Faust dropped from its
 buffers. Here those partitions are sought explicitly (0, or the beginning when nothing was
-committed: kubevents reads with auto_offset_reset=earliest).
+committed: kubevents reads with auto_offset_reset=earliest). Only partitions of streamed topics:
+seeking the changelogs to their beginning as well made each rebalance take 15-20 s.
+
+3. Records skipped by the fetcher loop. It hands a record to the stream and then records its
+offset as read; records before the read offset are dropped as "already read". A record fetched
+before a seek (a rebalance, or a second, late seek Faust starts when the fetcher runs while the
+flow is stopped) and delivered after it moved the read offset past the records fetched again
+from the committed offset, which were then dropped: ~50 % of the records of a partition that
+changed hands while a worker joined were never processed (reproduced in the two-worker tests).
+Here records are delivered per partition strictly in sequence: the read offset is the next
+offset expected and is set by the seek itself, in the consumer thread, under a lock; a record
+after a gap makes the loop seek back to the expected offset; a record of an earlier generation,
+or one delivered while a seek happened, does not move it.
+
+4. Committing over a hole. Faust commits the acked offsets from the committed one on, but takes
+"committed offset C" to mean C was processed (it is the next one to read) and skips the check
+altogether when C is 0 or unknown: an acked C+1 with C still in flight, or acked offsets after
+records dropped as in 3, were committed over the hole. Here the first acked offset must be C
+itself (offsets missing from the log, found by 3, count as acked, as in Faust).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import contextlib
+import threading
+from typing import Any, cast
 
+from aiokafka.errors import IllegalStateError
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.utils.functional import consecutive_numbers
 
 _original_ack = faust_consumer.Consumer.ack
 
@@ -43,20 +66,152 @@ def _ack(self: Any, message: Any) -> bool:
     return bool(_original_ack(self, message))
 
 
-async def _seek_all(consumer: Any) -> Any:
-    committed = await consumer.seek_to_committed()
-    for tp, offset in committed.items():
-        if offset is None or offset < 0:
+class _ReadState:
+    """Shared by the consumer thread (which seeks) and the fetcher loop (which delivers)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.seeks = 0  # seeks to committed offsets done so far
+        self.reseek: dict[Any, tuple[int, int]] = {}  # partition -> (offset, times) sought back
+
+
+def _state(consumer: Any) -> _ReadState:
+    return cast(_ReadState, consumer.__dict__.setdefault("_kubevents_read", _ReadState()))
+
+
+async def _seek_all(consumer: Any, faust: Any, streamed: Any) -> Any:
+    """In the consumer thread: seek every partition of ``streamed`` topics to its committed
+    offset and make that the next offset to read, at once (see _drain_messages); returns the
+    positions. Changelog partitions are left to Faust's recovery."""
+    committed = dict(await consumer.seek_to_committed())
+    for tp, offset in list(committed.items()):
+        if not streamed(tp.topic):
+            del committed[tp]
+        elif offset is None or offset < 0:
             await consumer.seek_to_beginning(tp)
+            committed[tp] = await consumer.position(tp)
         elif offset == 0:
             consumer.seek(tp, 0)
+    state = _state(faust)
+    with state.lock:
+        state.seeks += 1
+        for tp, offset in committed.items():
+            key = faust_consumer.ensure_TP(tp)
+            faust._read_offset[key] = offset
+            faust._committed_offset[key] = offset  # 0 included: Faust records 0 as unknown
+            state.reseek.pop(key, None)
     return committed
 
 
 async def _seek_to_committed(self: Any) -> Any:
-    return await self.call_thread(_seek_all, self._ensure_consumer())
+    streamed = self.app.topics.acks_enabled_for
+    return await self.call_thread(_seek_all, self._ensure_consumer(), self.consumer, streamed)
+
+
+async def _perform_seek(self: Any) -> None:
+    await self.seek_to_committed()  # read and committed offsets are set by _seek_all
+
+
+def _new_offset(self: Any, tp: Any) -> int | None:
+    """The offset to commit for ``tp``: one past the acked run that starts at the committed
+    offset, or None while that offset itself is not acked yet."""
+    acked = self._acked[tp]
+    if not acked:
+        return None
+    gap_for_tp = self._gap[tp]
+    if gap_for_tp:  # offsets the fetcher found missing (compaction, markers) count as acked
+        covered = sorted(gap_for_tp.overlap(0, max(acked) + 1), key=lambda x: x.begin)
+        extra = [o for iv in covered for o in range(iv.begin, iv.end)]
+        if extra:
+            acked.extend(o for o in extra if o not in self._acked_index[tp])
+            self._acked_index[tp].update(extra)
+            gap_for_tp.chop(0, max(extra[-1], *acked) + 1)
+    acked.sort()
+    committed = self._committed_offset[tp]
+    if committed is not None and acked[0] > committed:
+        return None
+    batch = next(consecutive_numbers(acked))
+    acked[: len(batch)] = []
+    self._acked_index[tp].difference_update(batch)
+    return int(batch[-1]) + 1
+
+
+async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
+    """Faust's fetcher loop (faust/transport/consumer.py), delivering each partition's records
+    strictly in sequence: the read offset is the next offset expected (as seeks set it), a
+    record before it was read already, and a record after it means records in between went
+    missing from this fetch (fetched before a seek, or dropped in a rebalance): the partition is
+    sought back to the expected offset instead. Only when the log itself has a hole there
+    (compaction) is the record after it accepted and the hole marked done (fix 4)."""
+    callback, getmany = self.callback, self.getmany
+    consumer_should_stop = self._stopped.is_set
+    fetcher_should_stop = fetcher._stopped.is_set
+    read_offset = self._read_offset
+    state = _state(self)
+    acks_enabled_for = self.app.topics.acks_enabled_for
+    since_yield = 0
+    try:
+        while not (consumer_should_stop() or fetcher_should_stop()):
+            self.diag.set_flag(faust_consumer.CONSUMER_FETCHING)
+            ait = getmany(timeout=1.0)
+            await self.sleep(0)
+            if self.should_stop:
+                continue
+            sought_back: set[Any] = set()
+            async for tp, message in ait:
+                since_yield += 1
+                if since_yield > 100:
+                    await asyncio.sleep(0)
+                    since_yield = 0
+                if tp in sought_back:
+                    continue
+                offset = message.offset
+                with state.lock:
+                    seeks, expected = state.seeks, read_offset[tp]
+                if expected is not None and offset < expected:
+                    continue  # already read: a re-fetch after a seek
+                if expected is not None and offset > expected:
+                    back, times = state.reseek.get(tp, (expected, 0))
+                    times = times + 1 if back == expected else 1
+                    if times <= 2:  # a third fetch from there starting later: a hole in the log
+                        state.reseek[tp] = (expected, times)
+                        sought_back.add(tp)
+                        with contextlib.suppress(IllegalStateError):  # no longer assigned
+                            await self._seek(tp, expected)
+                        continue
+                    if acks_enabled_for(message.topic):  # the log has a hole: nothing to wait for
+                        committed = self._committed_offset[tp]
+                        start = expected if committed is None else max(expected, committed)
+                        if start < offset:
+                            self._gap[tp].addi(start, offset)
+                            self._gap[tp].merge_overlaps()
+                if self._commit_every is not None and self._n_acked >= self._commit_every:
+                    self._n_acked = 0
+                    await self.commit()
+                await self.wait_first(callback(message), self.suspend_flow.wait())
+                fresh = getattr(message, "generation_id", None) == self.app.consumer_generation_id
+                with state.lock:
+                    # A seek meanwhile set the next offset itself; an earlier generation's
+                    # record is skipped by the stream and must come again.
+                    if fresh and state.seeks == seeks:
+                        read_offset[tp] = offset + 1
+                        state.reseek.pop(tp, None)
+            self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
+    except self.consumer_stopped_errors:
+        if self.transport.app.should_stop:
+            return
+        raise
+    except asyncio.CancelledError:
+        if self.transport.app.should_stop:
+            return
+        raise
+    finally:
+        self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
 
 
 def apply() -> None:
     faust_consumer.Consumer.ack = _ack  # type: ignore[method-assign]
+    faust_consumer.Consumer._new_offset = _new_offset  # type: ignore[method-assign]
+    faust_consumer.Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
+    faust_consumer.Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
     faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]

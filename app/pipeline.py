@@ -1,7 +1,7 @@
 """What the core pipeline does to one raw record, as plain code the agents call.
 
-decode -> (DLQ on bad input) -> dedupe -> enrich -> enriched record + count messages. The agent
-owns Kafka and acks; this module owns the decisions, so it is tested without a broker.
+decode -> (DLQ on bad input) -> dedupe -> enrich -> enriched record + count increments. The agent
+owns Kafka, tables and acks; this module owns the decisions, so it is tested without a broker.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from prometheus_client import Counter
 
 from app.dedupe import decide, state_of
@@ -25,7 +26,7 @@ PROCESSED = Counter("kubevents_core_records_total", "Raw records by outcome.", [
 
 @dataclass(frozen=True, slots=True)
 class Output:
-    topic: str  # "enriched" | "dlq" | "counts"
+    topic: str  # "enriched" | "dlq"
     key: bytes
     value: bytes
     timestamp: float | None = None
@@ -56,31 +57,31 @@ def dlq_output(reason: str, value: bytes | None, origin: Origin) -> Output:
     return Output("dlq", origin.key or b"", json.dumps(doc).encode())
 
 
-def count_outputs(event: NormalizedEvent, delta: int) -> list[Output]:
-    """One message per count key; the message timestamp is the occurrence time (the window)."""
+@dataclass(frozen=True, slots=True)
+class Increment:
+    """``delta`` more occurrences of count key ``key`` at ``at`` (epoch s: the window it is in)."""
+
+    key: str
+    delta: int
+    at: float
+
+
+@dataclass(slots=True)
+class Result:
+    outputs: list[Output]
+    increments: list[Increment]
+
+
+def count_increments(event: NormalizedEvent, delta: int) -> list[Increment]:
+    """One increment per count key; the occurrence time (last_seen) picks the window."""
     if delta <= 0:
         return []
     keys = [f"reason|{event.namespace}|{event.reason}|{event.type}"]
     if event.type == "Warning":
         io = event.involved
         keys.append(f"object|{io.namespace}|{io.kind}|{io.name}|{io.uid or event.uid}")
-    body = {
-        "uid": event.uid,
-        "rv": event.resource_version,
-        "count": event.count,
-        "delta": delta,
-        "namespace": event.namespace,
-        "reason": event.reason,
-        "type": event.type,
-        "object": {
-            "kind": event.involved.kind,
-            "name": event.involved.name,
-            "namespace": event.involved.namespace,
-            "uid": event.involved.uid,
-        },
-    }
-    ts = event.last_seen.timestamp()
-    return [Output("counts", k.encode(), json.dumps({**body, "key": k}).encode(), ts) for k in keys]
+    at = event.last_seen.timestamp()
+    return [Increment(k, delta, at) for k in keys]
 
 
 async def process(
@@ -92,16 +93,16 @@ async def process(
     seen_get: Callable[[str], Any],
     seen_set: Callable[[str, Any], None],
     enricher: Enricher,
-) -> list[Output]:
+) -> Result:
     try:
         event = normalize(parse_raw(value, max_bytes=max_bytes), default_cluster=default_cluster)
     except DecodeError as exc:
         PROCESSED.labels("dlq").inc()
-        return [dlq_output(str(exc), value, origin)]
+        return Result([dlq_output(str(exc), value, origin)], [])
     decision = decide(seen_get(event.uid), event)
     if not decision.passes:
         PROCESSED.labels(decision.verdict.value).inc()
-        return []
+        return Result([], [])
     enrichment = await enricher.enrich(event)
     record = to_record(
         event,
@@ -111,10 +112,10 @@ async def process(
         enrichment_status=enrichment.status,
         enrichment_error=enrichment.error,
     )
-    # Only a local note: the dedupe table itself is written from the delivered enriched topic
-    # (agents/tracker.py), so its state can never run ahead of what was really published.
+    # Noted for the rest of the batch; the agent writes the dedupe table only once the outputs
+    # are acknowledged, so the table never runs ahead of what was really published.
     seen_set(event.uid, state_of(event))
     PROCESSED.labels(decision.verdict.value).inc()
     key = (event.involved.uid or event.uid).encode()
-    out = [Output("enriched", key, json.dumps(record, separators=(",", ":")).encode())]
-    return out + count_outputs(event, decision.count_delta)
+    out = [Output("enriched", key, orjson.dumps(record))]
+    return Result(out, count_increments(event, decision.count_delta))

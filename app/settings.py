@@ -64,6 +64,12 @@ class KafkaSettings(BaseModel):
         " the producer stops reading the API server: memory stays bounded while Kafka is away.",
     )
 
+    @field_validator("sasl_username", "ssl_cafile", "ssl_certfile", "ssl_keyfile", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # KUBEVENTS_KAFKA_SSL_CAFILE= (empty) means "not set", not Path("") (the current dir).
+        return None if value == "" else value
+
     @property
     def bootstrap_servers(self) -> list[str]:
         return [b.strip() for b in self.brokers.split(",") if b.strip()]
@@ -134,6 +140,12 @@ class CoreSettings(BaseModel):
         30.0, gt=0, description="A worker silent this long is dead: its partitions move, s."
     )
     max_record_bytes: int = Field(1 << 20, ge=1024, description="Larger raw records go to DLQ.")
+    batch_size: int = Field(
+        1000, ge=1, description="Raw records processed (and their outputs published) together."
+    )
+    batch_wait_s: float = Field(
+        0.05, gt=0, description="Longest wait to fill a batch before processing it anyway, s."
+    )
     dedupe_ttl_s: float = Field(
         4500.0, gt=0, description="Keep an event uid this long (API server keeps events 1 h)."
     )

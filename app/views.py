@@ -1,9 +1,9 @@
 """HTTP on a core worker: windowed counts as JSON, /healthz, /readyz and Prometheus /metrics.
 
-``/counts/`` answers for the whole group: it asks every worker for its local keys
-(``/counts/local/``) and merges, since each worker holds only its partitions' rows.
-``/counts/key/?key=...`` is forwarded to the worker that owns the key's partition of the counts
-topic (the table rows live there). ``at``/``ago`` pick the instant; default now.
+Each worker holds the count rows of the raw-topic partitions it owns (tables/counts.py), so
+``/counts/`` and ``/counts/key/?key=...`` ask every worker of the group for its local totals
+(``/counts/local/``), add them up per key and answer for the whole group; a worker that does not
+answer is listed in ``unreachable_workers``. ``at``/``ago`` pick the instant; default now.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import time
 from typing import Any, cast
 
 import aiohttp
-from aiokafka.partitioner import murmur2
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.core_app import app
-from tables.counts import WINDOWS, tumbling
+from app.core_app import app, settings
+from tables.counts import WINDOWS
 
 FIELDS = {"reason": ("namespace", "reason", "type"), "object": ("namespace", "kind", "name", "uid")}
 
@@ -48,19 +47,57 @@ def _at(query: Any) -> float:
     return time.time() - float(query.get("ago", 0))
 
 
+def active_partitions() -> set[int]:
+    raw = settings.topics.raw
+    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == raw}
+
+
 def local_rows(query: Any) -> list[dict[str, Any]]:
     dim = query.get("dim", "reason")
     window = WINDOWS[query.get("window", "tumbling")]
-    at = _at(query)
+    only = query.get("key")
     rows = []
-    for key in window.local_keys():
+    for key, value in window.local_values(active_partitions(), _at(query)).items():
         row = parse_key(key)
-        if row is None or row["dim"] != dim or not _matches(row, query):
+        if row is None or (only and key != only):
             continue
-        value = window.value(key, at)
-        if value:
-            rows.append({**row, "count": value})
+        if not only and (row["dim"] != dim or not _matches(row, query)):
+            continue
+        rows.append({**row, "key": key, "count": value})
     return rows
+
+
+async def group_rows(query: dict[str, str]) -> tuple[list[dict[str, Any]], int, list[str]]:
+    """Rows of every worker of the group, added up per key; (rows, workers, unreachable)."""
+    query = {**query, "at": str(_at(query))}  # one instant for every worker
+    me = str(app.conf.canonical_url).rstrip("/")
+    hosts = sorted({str(h).rstrip("/") for h in app.router.tables_metadata()} - {me})
+    totals: dict[str, dict[str, Any]] = {}
+
+    def merge(rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            seen = totals.get(row["key"])
+            if seen is None:
+                totals[row["key"]] = dict(row)
+            else:
+                seen["count"] += row["count"]
+
+    merge(local_rows(query))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+
+        async def fetch(host: str) -> list[dict[str, Any]]:
+            async with session.get(f"{host}/counts/local/", params=query) as resp:
+                body = await resp.json()
+                return list(body["rows"])
+
+        results = await asyncio.gather(*(fetch(h) for h in hosts), return_exceptions=True)
+    missing = []
+    for host, result in zip(hosts, results, strict=True):
+        if isinstance(result, BaseException):
+            missing.append(host)
+        else:
+            merge(result)
+    return list(totals.values()), 1 + len(hosts) - len(missing), missing
 
 
 def top(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -90,70 +127,34 @@ async def counts_all(web: Any, request: Any) -> Any:
         return web.json({"error": "top must be an integer"}, status=400)
     if query.get("dim", "reason") not in FIELDS or query.get("window", "tumbling") not in WINDOWS:
         return web.json({"error": "dim is reason|object, window is tumbling|hopping"}, status=400)
-    me = str(app.conf.canonical_url).rstrip("/")
-    hosts = {str(h).rstrip("/") for h in app.router.tables_metadata()} - {me}
-    rows = local_rows(query)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-
-        async def fetch(host: str) -> list[dict[str, Any]]:
-            async with session.get(f"{host}/counts/local/", params=query) as resp:
-                body = await resp.json()
-                return list(body["rows"])
-
-        results = await asyncio.gather(*(fetch(h) for h in sorted(hosts)), return_exceptions=True)
-    missing = []
-    for host, result in zip(sorted(hosts), results, strict=True):
-        if isinstance(result, BaseException):
-            missing.append(host)
-        else:
-            rows.extend(result)
+    rows, workers, missing = await group_rows(query)
     return web.json(
         {
             "window": _window_info(query.get("window", "tumbling"), _at(query)),
             "dim": query.get("dim", "reason"),
             "rows": top(rows, n),
-            "workers": 1 + len(hosts) - len(missing),
+            "workers": workers,
             "unreachable_workers": missing,
         }
     )
 
 
-def owner_of(key: str) -> str | None:
-    """URL of the worker holding ``key``'s rows: the owner of its counts-topic partition."""
-    partitions = app.conf.topic_partitions
-    partition = (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
-    changelog = tumbling.table.changelog_topic.get_topic_name()
-    for host, topics in app.router.tables_metadata().items():
-        if partition in topics.get(changelog, []):
-            return str(host).rstrip("/")
-    return None
-
-
 @app.page("/counts/key/")
 async def counts_key(web: Any, request: Any) -> Any:
-    """One key's counts, answered by the worker that owns it (forwarded if not this one)."""
+    """One key's counts in both windows, added up over every worker of the group."""
     key = request.query.get("key")
     if not key or parse_key(key) is None:
         return web.json(
             {"error": "key=reason|<ns>|<reason>|<type> or object|<ns>|<kind>|<name>|<uid>"},
             status=400,
         )
-    owner = owner_of(key)
-    me = str(app.conf.canonical_url).rstrip("/")
-    if owner is not None and owner != me and "forwarded" not in request.query:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-            params = {**request.query, "forwarded": "1"}
-            async with session.get(f"{owner}/counts/key/", params=params) as resp:
-                return web.json(await resp.json(), status=resp.status)
-    at = _at(request.query)
-    return web.json(
-        {
-            "key": key,
-            "worker": me,
-            "tumbling": WINDOWS["tumbling"].value(key, at),
-            "hopping": WINDOWS["hopping"].value(key, at),
-        }
-    )
+    answer: dict[str, Any] = {"key": key}
+    for name in ("tumbling", "hopping"):
+        query = {**request.query, "window": name}
+        rows, workers, missing = await group_rows(query)
+        answer[name] = sum(r["count"] for r in rows)
+        answer["workers"], answer["unreachable_workers"] = workers, missing
+    return web.json(answer)
 
 
 @app.page("/metrics")

@@ -3,9 +3,12 @@
 Preloads M raw messages (distinct events, a fifth of them with a second version), then measures
   * bare: an aiokafka consumer that reads, decodes (parse_raw + normalize) and re-publishes each
           message (acks=all), committing as it goes;
+  * floor: a Faust agent that only reads and acks the same records in the same batches
+          (bench/faust_floor.py): what Faust alone costs per record, the ceiling of any agent;
   * core: `kubevents worker --pipeline core` (dedupe, enrichment without owner lookups, tables,
           counts), timed until the enriched topic holds every expected record; its peak RSS.
-Prints events/s for both and the ratio. Usage: python -m bench.core [--messages 200000]
+Prints events/s for each and the ratios core/bare and core/floor.
+Usage: python -m bench.core [--messages 200000]
 """
 
 from __future__ import annotations
@@ -15,15 +18,19 @@ import asyncio
 import json
 import math
 import os
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from app.envelope import build_raw, parse_raw
 from app.normalize import normalize
-from bench.common import start, wait_metric, wait_topic_size
+from bench.common import ROOT, start, wait_metric, wait_topic_size
 
 
 def make_messages(m: int) -> list[tuple[bytes, bytes]]:
@@ -116,6 +123,24 @@ async def bare_loop(brokers: str, src: str, dst: str, m: int) -> float:
     return elapsed
 
 
+def faust_floor(topic: str, m: int) -> float:
+    out = Path(tempfile.mkdtemp()) / "rate"
+    env = {**os.environ, "BENCH_TOPIC": topic, "BENCH_N": str(m), "BENCH_OUT": str(out)}
+    log = open(ROOT / ".stack" / "logs" / "bench-floor.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.faust_floor", "worker", "-l", "warn"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        proc.wait(timeout=900)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    return float(out.read_text()) if out.exists() else 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=200_000)
@@ -129,6 +154,7 @@ def main() -> None:
     print(f"preloaded {len(messages)} raw messages in {time.monotonic() - t:.1f}s")
 
     bare_s = asyncio.run(bare_loop(brokers, raw_topic, f"bench-{tag}-bare", len(messages)))
+    floor_rate = faust_floor(raw_topic, len(messages))
     env = {
         "KUBEVENTS_TOPICS_RAW": raw_topic,
         "KUBEVENTS_TOPICS_ENRICHED": f"bench-{tag}-events",
@@ -157,7 +183,9 @@ def main() -> None:
                 "bare_loop_events_per_s": round(bare_rate),
                 "core_events_per_s_after_first": round(core_rate),
                 "core_events_per_s_wall": 0 if math.isnan(done) else round(m / (done - started)),
+                "faust_floor_events_per_s": round(floor_rate),
                 "ratio_after_first": round(core_rate / bare_rate, 3),
+                "ratio_to_faust_floor": round(core_rate / floor_rate, 3) if floor_rate else None,
                 "core_peak_rss_mib": round(peak, 1),
                 "all_published": not math.isnan(published),
             },

@@ -11,7 +11,7 @@ import jsonschema
 
 from app.enrich import Enricher
 from app.envelope import build_raw
-from app.pipeline import Origin, Output, process
+from app.pipeline import Origin, Result, process
 from app.settings import CoreSettings
 from tests.fixtures.events import EVENTS_V1, core_event
 
@@ -24,7 +24,7 @@ class Run:
         self.enricher = Enricher(CoreSettings(), None)
         self.offset = 0
 
-    def __call__(self, value: bytes | None) -> list[Output]:
+    def __call__(self, value: bytes | None) -> Result:
         self.offset += 1
         return asyncio.run(
             process(
@@ -49,23 +49,23 @@ def test_stream_with_duplicates_relists_and_growth() -> None:
     again = run(raw(core_event()))  # a re-list
     grown = run(raw(core_event(meta_resourceVersion="1300", count=5), "MODIFIED"))
     late = run(raw(core_event(meta_resourceVersion="1250", count=4), "MODIFIED"))
-    assert [o.topic for o in first] == ["enriched", "counts", "counts"]
-    assert again == [] and late == []
-    record = json.loads(grown[0].value)
+    assert [o.topic for o in first.outputs] == ["enriched"]
+    assert [i.delta for i in first.increments] == [3, 3], "a new event adds its whole count"
+    assert again == Result([], []) and late == Result([], [])
+    record = json.loads(grown.outputs[0].value)
     assert record["count"] == 5 and record["count_delta"] == 2
-    counts = [json.loads(o.value) for o in grown if o.topic == "counts"]
-    assert {c["key"] for c in counts} == {
+    assert {i.key for i in grown.increments} == {
         "reason|shop|BackOff|Warning",
         "object|shop|Pod|web-7d4b9c-abcde|pod-uid-1",
     }
-    assert all(c["delta"] == 2 for c in counts)
-    assert grown[1].timestamp == 1714565100.0, "windowed by occurrence time (lastTimestamp)"
+    assert all(i.delta == 2 for i in grown.increments)
+    assert all(i.at == 1714565100.0 for i in grown.increments), "windowed by lastTimestamp"
 
 
 def test_records_validate_against_the_published_schema() -> None:
     run = Run()
     for obj in (core_event(), EVENTS_V1):
-        out = run(raw(obj))
+        out = run(raw(obj)).outputs
         record = json.loads(out[0].value)
         jsonschema.validate(record, SCHEMA)
         assert record["enrichment"]["status"] == "skipped"
@@ -74,14 +74,12 @@ def test_records_validate_against_the_published_schema() -> None:
 
 def test_normal_events_count_by_reason_only() -> None:
     out = Run()(raw(EVENTS_V1))
-    assert [json.loads(o.value)["key"] for o in out if o.topic == "counts"] == [
-        "reason|shop|Pulling|Normal"
-    ]
+    assert [i.key for i in out.increments] == ["reason|shop|Pulling|Normal"]
 
 
 def test_bad_input_goes_to_dlq_with_reason_bytes_and_origin() -> None:
     run = Run()
-    out = run(b"\x00garbage")
+    out = run(b"\x00garbage").outputs
     assert [o.topic for o in out] == ["dlq"]
     doc = json.loads(out[0].value)
     assert doc["reason"].startswith("not JSON")
@@ -89,5 +87,5 @@ def test_bad_input_goes_to_dlq_with_reason_bytes_and_origin() -> None:
     import base64
 
     assert base64.b64decode(doc["value_base64"]) == b"\x00garbage"
-    no_uid = run(raw(core_event(meta_uid=None)))
+    no_uid = run(raw(core_event(meta_uid=None))).outputs
     assert json.loads(no_uid[0].value)["reason"] == "event without metadata.uid"

@@ -1,0 +1,27 @@
+"""Make a given Faust event "the current event" for a few table operations.
+
+Faust tables find the partition (RocksDB store, changelog partition, expiry bookkeeping) and the
+window time of a write from ``faust.streams.current_event()``, a context variable the stream sets
+to the event it last yielded. The core agent processes a batch of events at once and writes its
+tables after the batch's outputs are acknowledged, so it sets each event in turn, and each row
+lands on the partition of the record that caused it, as with per-event processing.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from faust import streams
+
+
+@contextmanager
+def current(event: Any) -> Iterator[None]:
+    var = getattr(streams, "_current_event")  # noqa: B009 (private, no public setter)
+    token = var.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        var.reset(token)

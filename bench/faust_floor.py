@@ -1,0 +1,45 @@
+"""The Faust floor for bench/core.py: a Faust agent that reads the raw topic in the core agent's
+batches and acks, doing nothing else. Its rate is what Faust itself costs per record here, the
+ceiling of any Faust agent on this machine. Run as a worker by bench/core.py:
+``python -m bench.faust_floor worker``, with BENCH_TOPIC, BENCH_N, BENCH_OUT and
+KUBEVENTS_KAFKA_BROKERS set.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+
+TOPIC, N, OUT = os.environ["BENCH_TOPIC"], int(os.environ["BENCH_N"]), os.environ["BENCH_OUT"]
+app = faust.App(
+    f"{TOPIC}-floor",
+    broker=f"kafka://{os.environ['KUBEVENTS_KAFKA_BROKERS']}",
+    store="memory://",
+    consumer_auto_offset_reset="earliest",
+    web_enabled=False,
+    datadir=f"/tmp/{TOPIC}-floor",
+)
+raw = app.topic(
+    TOPIC, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+)
+
+
+@app.agent(raw)
+async def floor(stream: Any) -> None:
+    seen, first = 0, 0.0
+    async for events in stream.noack_take(1000, within=0.05):
+        first = first or time.monotonic()
+        seen += len(events)
+        for event in events:
+            await stream.ack(event)
+        if seen >= N:
+            Path(OUT).write_text(str(seen / (time.monotonic() - first)))  # noqa: ASYNC240
+            os._exit(0)
+
+
+if __name__ == "__main__":
+    app.main()
