@@ -108,5 +108,12 @@ async def core(stream: Any) -> None:
             await handle(events, enricher, publisher)
             for event in events:
                 await stream.ack(event)
+    except Exception as exc:
+        # Faust would restart the agent and read on past the failed batch, leaving its offsets
+        # unacked and the commit stuck until a restart: stop the worker now instead, so that it
+        # is restarted and the batch is processed again.
+        log.exception("the core agent failed; stopping the worker (nothing past it is committed)")
+        await app.crash(exc)
+        raise
     finally:
         await publisher.stop()

@@ -80,12 +80,13 @@ def cmd_worker(args: argparse.Namespace) -> NoReturn:
     _set_env("KUBEVENTS_CORE_WEB_HOST", args.web_host)
     _set_env("KUBEVENTS_CORE_STORE", args.store)
     _set_env("KUBEVENTS_CORE_DATA_DIR", args.data_dir)
-    from app.kafka import ensure_topics, pin_unstarted_partitions
+    from app.kafka import check_partitions, ensure_topics, pin_unstarted_partitions
 
     settings = _settings(args)
     # Clear error if Kafka is unreachable; every topic exists with the same partition count
     # (tables are co-partitioned with the raw topic).
     asyncio.run(ensure_topics(settings.kafka, settings.topics))
+    asyncio.run(check_partitions(settings.kafka, settings.topics))
     asyncio.run(
         pin_unstarted_partitions(settings.kafka, settings.core.app_id, [settings.topics.raw])
     )
@@ -99,6 +100,10 @@ def cmd_worker(args: argparse.Namespace) -> NoReturn:
         for module in PIPELINES[pipeline]:
             importlib.import_module(module)
     worker = faust.Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
+    # At WARN and above Faust's terminal spinner sets the root logger to DEBUG (and filters in
+    # its handler): every debug call of Faust and aiokafka then formats its record, ~7 % of the
+    # core worker's CPU in bench/core.py. No spinner: the level is the level.
+    worker.spinner = None
     worker.execute_from_commandline()  # runs until stopped, then exits the process
 
 

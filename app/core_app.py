@@ -55,6 +55,10 @@ def create_app(settings: Settings) -> faust.App:
         # The core agent publishes its outputs itself and acks a record only once they are
         # acknowledged (agents/core.py); nothing is sent through Faust's attachments.
         stream_publish_on_commit=False,
+        # On shutdown, do not wait for records in flight to be acked: a crashed agent never
+        # acks them and the worker would hang; unacked records are not committed and are
+        # processed again after the restart.
+        stream_wait_empty=False,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         autodiscover=False,

@@ -209,6 +209,25 @@ async def ensure_topics(
     return created
 
 
+async def check_partitions(kafka: KafkaSettings, topics: TopicSettings) -> None:
+    """The core worker's tables are co-partitioned with the raw topic: their changelogs get
+    ``topics.partitions`` partitions, so the raw topic must have as many (Faust would otherwise
+    fail at the first table write, long after start-up)."""
+    admin = AIOKafkaAdminClient(**client_kwargs(kafka), client_id="kubevents-admin")
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topics.raw])
+    finally:
+        await admin.close()
+    found = len(described[0].get("partitions") or []) if described else 0
+    if found and found != topics.partitions:
+        raise UserError(
+            f"topic {topics.raw} has {found} partitions but KUBEVENTS_TOPICS_PARTITIONS is"
+            f" {topics.partitions}: set KUBEVENTS_TOPICS_PARTITIONS={found} (the core worker's"
+            " tables have as many partitions as the raw topic)"
+        )
+
+
 async def pin_unstarted_partitions(kafka: KafkaSettings, group: str, topics: list[str]) -> int:
     """Commit the log-start offset for every partition the group has never committed.
 

@@ -362,3 +362,19 @@ def test_workers_joining_and_leaving_under_traffic_lose_nothing_and_count_once(
     assert set(uids) == set(sent)
     # Repeats are outputs of records processed again after a rebalance; they must not count.
     assert sum(r["count"] for r in wait_counts(port_a, len(sent))["rows"]) == len(sent)
+
+
+def test_a_raw_topic_with_other_partitions_is_a_clear_error(
+    brokers: str, names: dict[str, str], procs: list[Proc]
+) -> None:
+    produce(brokers, names["KUBEVENTS_TOPICS_RAW"], [raw(event("p1", 1, 1))])  # auto: 4 parts
+    env = worker_env(names, KUBEVENTS_TOPICS_PARTITIONS="6")
+    proc = Proc(["worker", "--pipeline", "core"], env, "core-mismatch")
+    procs.append(proc)
+    assert proc.proc.wait(60) == 2
+    lines = [line for line in proc.output().splitlines() if line.strip()]
+    assert lines[-1].endswith(
+        f"topic {names['KUBEVENTS_TOPICS_RAW']} has 4 partitions but KUBEVENTS_TOPICS_PARTITIONS"
+        " is 6: set KUBEVENTS_TOPICS_PARTITIONS=4 (the core worker's tables have as many"
+        " partitions as the raw topic)"
+    ), lines
