@@ -378,3 +378,23 @@ def test_a_raw_topic_with_other_partitions_is_a_clear_error(
         " is 6: set KUBEVENTS_TOPICS_PARTITIONS=4 (the core worker's tables have as many"
         " partitions as the raw topic)"
     ), lines
+
+
+def test_dedupe_rows_expire_after_their_ttl(
+    brokers: str, names: dict[str, str], procs: list[Proc]
+) -> None:
+    """Rows live ttl..2*ttl (tables/expiring.py): the same version is dropped while its row
+    lives and passes again once it has expired (so the table does not grow forever)."""
+    env = worker_env(names, KUBEVENTS_CORE_DEDUPE_TTL_S="10")
+    start_worker(procs, env)
+    topic, out = names["KUBEVENTS_TOPICS_RAW"], names["KUBEVENTS_TOPICS_ENRICHED"]
+    version = raw(event("x1", 5, 1, involved="pod-x"))
+
+    def send_then_marker(marker: str) -> Counter[str]:
+        produce(brokers, topic, [version, raw(event(marker, 1, 1, involved="pod-x"))])
+        return wait_uids(brokers, out, {marker}, timeout=60)
+
+    assert send_then_marker("m1")["x1"] == 1
+    assert send_then_marker("m2")["x1"] == 1, "a repeat while the row lives is dropped"
+    time.sleep(21)  # > 2 * ttl
+    assert send_then_marker("m3")["x1"] == 2, "after expiry the same version passes again"
