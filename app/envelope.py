@@ -46,6 +46,20 @@ def api_of(obj: dict[str, Any]) -> str:
     return "core/v1"
 
 
+def _envelope(
+    watch_type: str, via: str, cluster: str, producer: str, observed_at: str | None
+) -> dict[str, Any]:
+    """The envelope's fields before ``api`` and ``object``, in their order on the wire."""
+    return {
+        "kind": RAW_KIND,
+        "type": watch_type,
+        "via": via,
+        "observed_at": observed_at or now_iso(),
+        "cluster": cluster,
+        "producer": producer,
+    }
+
+
 def build_raw(
     obj: dict[str, Any],
     *,
@@ -57,12 +71,7 @@ def build_raw(
 ) -> tuple[bytes, bytes]:
     """Return (key, value) for the raw topic."""
     value = {
-        "kind": RAW_KIND,
-        "type": watch_type,
-        "via": via,
-        "observed_at": observed_at or now_iso(),
-        "cluster": cluster,
-        "producer": producer,
+        **_envelope(watch_type, via, cluster, producer, observed_at),
         "api": api_of(obj),
         "object": obj,
     }
@@ -84,14 +93,7 @@ def build_raw_many(
     The envelope's fields before ``object`` are the same for the whole page: they are encoded
     once (per API) and only each object is serialised. This is the producer's hot path.
     """
-    common = {
-        "kind": RAW_KIND,
-        "type": watch_type,
-        "via": via,
-        "observed_at": observed_at or now_iso(),
-        "cluster": cluster,
-        "producer": producer,
-    }
+    common = _envelope(watch_type, via, cluster, producer, observed_at)
     heads: dict[str, bytes] = {}  # the envelope up to '"object":', per API
     out: list[tuple[bytes, bytes]] = []
     for obj in objs:
