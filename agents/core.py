@@ -73,7 +73,7 @@ class Batch:
             enricher=enricher,
         )
         for out in result.outputs:
-            self.records.append((TOPIC_NAMES[out.topic], out.key, out.value, out.timestamp))
+            self.records.append((TOPIC_NAMES[out.topic], out.key, out.value))
         self.increments.extend((event, inc) for inc in result.increments)
 
     def write_tables(self) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,10 +20,42 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import murmur2
 from aiokafka.structs import OffsetAndMetadata
 
 from app.errors import UserError
 from app.settings import KafkaSettings, TopicSettings
+
+# Keys repeat (every event of one object has its uid) and aiokafka's murmur2 is pure Python:
+# remember recent hashes. Bounded; the hash is the partitioner's, only computed once per key.
+_murmur2 = functools.lru_cache(maxsize=1 << 16)(murmur2)
+
+
+def partition_of(key: bytes, partitions: Sequence[int]) -> int:
+    """The partition of ``key`` among ``partitions`` (sorted), as aiokafka's, Java's and Faust's
+    default partitioner (murmur2) picks it."""
+    return partitions[(int(_murmur2(key)) & 0x7FFFFFFF) % len(partitions)]
+
+
+def ready_batches(
+    producer: Any, records: Sequence[tuple[bytes, bytes]]
+) -> Iterator[tuple[Any, list[tuple[bytes, bytes]]]]:
+    """Split one partition's records into ready-made aiokafka batches, each with the records it
+    holds; one future per batch instead of one per record. Each batch is closed: it is complete,
+    so ``send_batch`` sends it now rather than after ``linger_ms``."""
+    batch: Any = producer.create_batch()
+    chunk: list[tuple[bytes, bytes]] = []
+    for key, value in records:
+        if batch.append(key=key, value=value, timestamp=None) is None:  # batch full
+            batch.close()
+            yield batch, chunk
+            batch, chunk = producer.create_batch(), []
+            batch.append(key=key, value=value, timestamp=None)
+        chunk.append((key, value))
+    if chunk:
+        batch.close()
+        yield batch, chunk
+
 
 _TLS_FILES = {
     "ssl_cafile": "the CA bundle that signed the brokers' certificates",

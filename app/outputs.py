@@ -2,9 +2,9 @@
 
 The core agent hands over every output of a batch of raw records at once and only then writes
 its tables and acks the records (so their offsets can be committed): "commit after the write was
-acknowledged". Records are grouped per topic and partition (murmur2 of the key, as Faust, Java
-and aiokafka partition) into ready-made batches: one future per batch instead of one per record
-is what keeps publishing cheap next to Faust's per-event cost.
+acknowledged". Records are grouped per topic and partition (``partition_of``: murmur2 of the key,
+as Faust, Java and aiokafka partition) into ready-made batches (``ready_batches``): one future per
+batch instead of one per record is what keeps publishing cheap next to Faust's per-event cost.
 
 A failed batch is retried in place, with backoff, for as long as it takes: never skipped, so a
 Kafka outage stalls the worker (and its lag grows) instead of losing outputs.
@@ -17,14 +17,12 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 from prometheus_client import Counter
 
-from app.kafka import producer_kwargs
+from app.kafka import partition_of, producer_kwargs, ready_batches
 from app.settings import KafkaSettings
 
 log = logging.getLogger("kubevents.outputs")
@@ -32,7 +30,7 @@ log = logging.getLogger("kubevents.outputs")
 SENT = Counter("kubevents_core_outputs_total", "Outputs acknowledged by Kafka.", ["topic"])
 RETRIES = Counter("kubevents_core_output_retries_total", "Output batches sent again.")
 
-Record = tuple[str, bytes, bytes, float | None]  # topic, key, value, timestamp (s) or None
+Record = tuple[str, bytes, bytes]  # topic, key, value
 
 
 class OutputPublisher:
@@ -51,28 +49,22 @@ class OutputPublisher:
 
     async def publish(self, records: Sequence[Record]) -> None:
         """Returns when every record is acknowledged (acks=all); retries failures in place."""
-        groups: dict[tuple[str, int], list[Record]] = defaultdict(list)
-        for record in records:
-            topic, key = record[0], record[1]
-            partitions = sorted(await self._producer.partitions_for(topic))
-            groups[(topic, partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)])].append(
-                record
-            )
+        partitions: dict[str, list[int]] = {}
+        groups: dict[tuple[str, int], list[tuple[bytes, bytes]]] = defaultdict(list)
+        for topic, key, value in records:
+            if topic not in partitions:
+                partitions[topic] = sorted(await self._producer.partitions_for(topic))
+            groups[(topic, partition_of(key, partitions[topic]))].append((key, value))
         await asyncio.gather(*(self._send(t, p, items) for (t, p), items in groups.items()))
 
-    async def _send(self, topic: str, partition: int, items: list[Record]) -> None:
+    async def _send(self, topic: str, partition: int, items: list[tuple[bytes, bytes]]) -> None:
         attempt = 0
         while True:
             try:
-                futures = []
-                batch = self._producer.create_batch()
-                for _, key, value, ts in items:
-                    stamp = None if ts is None else int(ts * 1000)
-                    if batch.append(key=key, value=value, timestamp=stamp) is None:  # full
-                        futures.append(await self._send_batch(batch, topic, partition))
-                        batch = self._producer.create_batch()
-                        batch.append(key=key, value=value, timestamp=stamp)
-                futures.append(await self._send_batch(batch, topic, partition))
+                futures = [
+                    await self._producer.send_batch(batch, topic, partition=partition)
+                    for batch, _ in ready_batches(self._producer, items)
+                ]
                 await asyncio.gather(*futures)
                 SENT.labels(topic).inc(len(items))
                 return
@@ -83,9 +75,6 @@ class OutputPublisher:
                 RETRIES.inc()
                 self._warn(topic, partition, len(items), exc)
                 await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
-
-    async def _send_batch(self, batch: Any, topic: str, partition: int) -> Any:
-        return await self._producer.send_batch(batch, topic, partition=partition)
 
     def _warn(self, topic: str, partition: int, n: int, exc: BaseException) -> None:
         now = time.monotonic()  # one line per 5 s at most, however long Kafka is away

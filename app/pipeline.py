@@ -29,7 +29,6 @@ class Output:
     topic: str  # "enriched" | "dlq"
     key: bytes
     value: bytes
-    timestamp: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,6 @@ bounded and the watch resumes (or re-lists) once Kafka is back.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections import defaultdict
@@ -16,8 +15,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import murmur2
 from prometheus_client import Counter, Gauge
+
+from app.kafka import partition_of, ready_batches
 
 log = logging.getLogger("kubevents.publisher")
 
@@ -29,11 +29,6 @@ IN_FLIGHT = Gauge("kubevents_producer_in_flight", "Records sent and not yet ackn
 BLOCKED = Gauge(
     "kubevents_producer_kafka_blocked", "1 while reading is paused because Kafka is not keeping up."
 )
-
-
-# Keys repeat (every event of one object has its uid) and aiokafka's murmur2 is pure Python:
-# remember recent hashes. Bounded; the hash is the partitioner's, only computed once per key.
-_murmur2 = functools.lru_cache(maxsize=1 << 16)(murmur2)
 
 
 class Publisher:
@@ -55,26 +50,15 @@ class Publisher:
         record is what lets the producer keep up with a bare LIST.
         """
         partitions = sorted(await self._producer.partitions_for(self._topic))
-        count = len(partitions)
         by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
         for record in records:
-            by_partition[partitions[(_murmur2(record[0]) & 0x7FFFFFFF) % count]].append(record)
+            by_partition[partition_of(record[0], partitions)].append(record)
         for partition, items in by_partition.items():
             # never more records in one go than the in-flight limit allows at all
             for start in range(0, len(items), self._max):
-                await self._send_records(partition, items[start : start + self._max])
-
-    async def _send_records(self, partition: int, items: list[tuple[bytes, bytes]]) -> None:
-        batch = self._producer.create_batch()
-        chunk: list[tuple[bytes, bytes]] = []
-        for key, value in items:
-            if batch.append(key=key, value=value, timestamp=None) is None:  # batch full
-                await self._send_batch(batch, partition, chunk)
-                batch, chunk = self._producer.create_batch(), []
-                batch.append(key=key, value=value, timestamp=None)
-            chunk.append((key, value))
-        if chunk:
-            await self._send_batch(batch, partition, chunk)
+                part = items[start : start + self._max]
+                for batch, chunk in ready_batches(self._producer, part):
+                    await self._send_batch(batch, partition, chunk)
 
     async def _take_slots(self, n: int) -> None:
         while self._pending + n > self._max:
@@ -98,7 +82,6 @@ class Publisher:
         self, batch: Any, partition: int, chunk: list[tuple[bytes, bytes]]
     ) -> None:
         await self._take_slots(len(chunk))
-        batch.close()  # complete: send it now rather than after linger_ms
         try:
             fut = await self._producer.send_batch(batch, self._topic, partition=partition)
         except KafkaError as exc:
