@@ -80,13 +80,12 @@ def cmd_worker(args: argparse.Namespace) -> NoReturn:
     _set_env("KUBEVENTS_CORE_WEB_HOST", args.web_host)
     _set_env("KUBEVENTS_CORE_STORE", args.store)
     _set_env("KUBEVENTS_CORE_DATA_DIR", args.data_dir)
-    from app.kafka import check_partitions, ensure_topics, pin_unstarted_partitions
+    from app.kafka import ensure_topics, pin_unstarted_partitions
 
     settings = _settings(args)
     # Clear error if Kafka is unreachable; every topic exists with the same partition count
     # (tables are co-partitioned with the raw topic).
-    asyncio.run(ensure_topics(settings.kafka, settings.topics))
-    asyncio.run(check_partitions(settings.kafka, settings.topics))
+    asyncio.run(ensure_topics(settings.kafka, settings.topics, raw_partitions_must_match=True))
     asyncio.run(
         pin_unstarted_partitions(settings.kafka, settings.core.app_id, [settings.topics.raw])
     )

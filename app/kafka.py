@@ -210,9 +210,17 @@ async def diagnose(kafka: KafkaSettings, failure: Exception) -> UserError:
 
 
 async def ensure_topics(
-    kafka: KafkaSettings, topics: TopicSettings, extra: tuple[str, ...] = ()
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    extra: tuple[str, ...] = (),
+    *,
+    raw_partitions_must_match: bool = False,
 ) -> list[str]:
-    """Create kubevents' topics (and ``extra`` ones) if missing; returns the ones created."""
+    """Create kubevents' topics (and ``extra`` ones) if missing; returns the ones created.
+
+    ``raw_partitions_must_match`` (the core worker): its tables are co-partitioned with the raw
+    topic, their changelogs get ``topics.partitions`` partitions, so the raw topic must have as
+    many (Faust would otherwise fail at the first table write, long after start-up)."""
     admin = AIOKafkaAdminClient(**client_kwargs(kafka), client_id="kubevents-admin")
     # Every command talks to Kafka here first: a failure is explained in one line by diagnose(),
     # so aiokafka's own "Unable connect" log line would only repeat it less clearly.
@@ -238,28 +246,18 @@ async def ensure_topics(
                 created.append(name)
             except TopicAlreadyExistsError:
                 pass
+        if raw_partitions_must_match:
+            described = await admin.describe_topics([topics.raw])
+            found = len(described[0].get("partitions") or []) if described else 0
+            if found and found != topics.partitions:
+                raise UserError(
+                    f"topic {topics.raw} has {found} partitions but KUBEVENTS_TOPICS_PARTITIONS"
+                    f" is {topics.partitions}: set KUBEVENTS_TOPICS_PARTITIONS={found} (the core"
+                    " worker's tables have as many partitions as the raw topic)"
+                )
     finally:
         await admin.close()
     return created
-
-
-async def check_partitions(kafka: KafkaSettings, topics: TopicSettings) -> None:
-    """The core worker's tables are co-partitioned with the raw topic: their changelogs get
-    ``topics.partitions`` partitions, so the raw topic must have as many (Faust would otherwise
-    fail at the first table write, long after start-up)."""
-    admin = AIOKafkaAdminClient(**client_kwargs(kafka), client_id="kubevents-admin")
-    await admin.start()
-    try:
-        described = await admin.describe_topics([topics.raw])
-    finally:
-        await admin.close()
-    found = len(described[0].get("partitions") or []) if described else 0
-    if found and found != topics.partitions:
-        raise UserError(
-            f"topic {topics.raw} has {found} partitions but KUBEVENTS_TOPICS_PARTITIONS is"
-            f" {topics.partitions}: set KUBEVENTS_TOPICS_PARTITIONS={found} (the core worker's"
-            " tables have as many partitions as the raw topic)"
-        )
 
 
 async def pin_unstarted_partitions(kafka: KafkaSettings, group: str, topics: list[str]) -> int:
