@@ -4,7 +4,8 @@ It takes the raw records in batches (``stream.noack_take``: nothing is acked unt
 for each batch, in this order:
   1. decides and builds every output (dedupe reads the table plus what this batch decided);
   2. publishes the outputs and waits until Kafka acknowledged all of them (acks=all);
-  3. writes the dedupe rows and count increments to the tables;
+  3. writes the dedupe rows and count increments to the tables (tables/writer.py: changelog
+     records acknowledged first, then the store);
   4. acks the records, which lets Faust commit their offsets.
 A crash before 2 completes re-processes the records (outputs published again: exact repeats
 that the idempotent sinks absorb); a crash between 2 and 3 does too, as the table does not know
@@ -31,6 +32,7 @@ from app.kube import KubeClient
 from app.outputs import OutputPublisher, Record
 from tables import counts
 from tables.dedupe import seen
+from tables.writer import Row, TableWriter
 
 log = logging.getLogger("kubevents.core")
 
@@ -58,8 +60,8 @@ class Batch:
     def seen_get(self, uid: str, event: Any) -> Any:
         if uid in self.states:
             return self.states[uid][1]
-        with current(event):
-            return seen.get(uid)
+        with current(event):  # a RocksDB store reads the partition's database
+            return seen.get(uid, event.message.timestamp)
 
     async def add(self, event: Any, enricher: Enricher) -> None:
         message = event.message
@@ -76,36 +78,43 @@ class Batch:
             self.records.append((TOPIC_NAMES[out.topic], out.key, out.value))
         self.increments.extend((event, inc) for inc in result.increments)
 
-    def write_tables(self) -> None:
+    def table_rows(self) -> list[Row]:
+        """Dedupe rows and count rows to write, for the records of the current generation
+        only: an earlier generation's partition may belong to another worker now."""
         generation = app.consumer_generation_id
+        out: list[Row] = []
         for uid, (event, state) in self.states.items():
             if event.message.generation_id == generation:
-                with current(event):
-                    seen.set(uid, state)
-        counts.add_batch(
+                table, key, value = seen.row(uid, state, event.message.timestamp)
+                out.append((table, event, key, value))
+        out += counts.rows(
             (event, inc.key, inc.delta, inc.at)
             for event, inc in self.increments
             if event.message.generation_id == generation
         )
+        return out
 
 
-async def handle(events: Sequence[Any], enricher: Enricher, publisher: OutputPublisher) -> None:
+async def handle(
+    events: Sequence[Any], enricher: Enricher, publisher: OutputPublisher, writer: TableWriter
+) -> None:
     batch = Batch()
     for event in events:
         await batch.add(event, enricher)
     await publisher.publish(batch.records)
-    batch.write_tables()
+    await writer.write(batch.table_rows())
 
 
 @app.agent(raw_topic, name="core")
 async def core(stream: Any) -> None:
     enricher = _enricher()
     publisher = await OutputPublisher.start(settings.kafka, f"{settings.core.app_id}-outputs")
+    writer = TableWriter(publisher)
     try:
         async for events in stream.noack_take(
             settings.core.batch_size, within=settings.core.batch_wait_s
         ):
-            await handle(events, enricher, publisher)
+            await handle(events, enricher, publisher, writer)
             for event in events:
                 await stream.ack(event)
     except Exception as exc:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -55,19 +55,31 @@ class OutputPublisher:
             if topic not in partitions:
                 partitions[topic] = sorted(await self._producer.partitions_for(topic))
             groups[(topic, partition_of(key, partitions[topic]))].append((key, value))
-        await asyncio.gather(*(self._send(t, p, items) for (t, p), items in groups.items()))
+        await self.publish_to(groups)
 
-    async def _send(self, topic: str, partition: int, items: list[tuple[bytes, bytes]]) -> None:
+    async def publish_to(
+        self, groups: Mapping[tuple[str, int], list[tuple[bytes, bytes]]]
+    ) -> dict[tuple[str, int], int]:
+        """Publishes each (topic, partition)'s records there, in order; returns when all are
+        acknowledged, with the offset of each partition's last record."""
+        items = list(groups.items())
+        last = await asyncio.gather(*(self._send(t, p, records) for (t, p), records in items))
+        return {tp: offset for (tp, _), offset in zip(items, last, strict=True)}
+
+    async def _send(self, topic: str, partition: int, items: list[tuple[bytes, bytes]]) -> int:
         attempt = 0
         while True:
             try:
-                futures = [
-                    await self._producer.send_batch(batch, topic, partition=partition)
-                    for batch, _ in ready_batches(self._producer, items)
+                sent = [
+                    (await self._producer.send_batch(batch, topic, partition=partition), len(chunk))
+                    for batch, chunk in ready_batches(self._producer, items)
                 ]
-                await asyncio.gather(*futures)
+                metadata = await asyncio.gather(*(future for future, _ in sent))
                 SENT.labels(topic).inc(len(items))
-                return
+                if not sent:
+                    return -1
+                # A batch's future gives the offset of its first record.
+                return int(metadata[-1].offset) + sent[-1][1] - 1
             except KafkaError as exc:
                 # The idempotent producer makes a resend of an acknowledged-but-unreported batch
                 # an exact repeat at worst, which downstream upserts absorb.

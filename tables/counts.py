@@ -10,7 +10,7 @@ event per count key and raw record, which measured as the slowest part of the wo
 
 Increments come from the dedupe decision (an event whose count went from 3 to 5 adds 2; a
 redelivered or re-listed version adds 0), and are written only after the batch's outputs are
-acknowledged, in the same step as the dedupe rows.
+acknowledged, in the same step as the dedupe rows (tables/writer.py).
 
 The hopping window (size ``hopping_size_s``, step ``hopping_step_s``) is served from step-sized
 tumbling buckets summed when read: one changelog write per increment instead of one per
@@ -26,6 +26,7 @@ from typing import Any
 
 from app.core_app import app, settings
 from app.faust_context import current
+from tables.writer import Row
 
 core = settings.core
 _keep = max(core.window_expires_s, core.hopping_size_s + core.hopping_step_s)
@@ -48,23 +49,27 @@ def split_row_key(row: str) -> tuple[str, int] | None:
     return (key, int(partition)) if key and partition.isdigit() else None
 
 
-def add_batch(increments: Iterable[tuple[Any, str, int, float]]) -> None:
-    """Add ``(event, key, delta, at)`` increments: one write per row and window, each made as
-    ``event`` (the raw record that caused it: its partition owns the row)."""
+def rows(increments: Iterable[tuple[Any, str, int, float]]) -> list[Row]:
+    """The table rows that add ``(event, key, delta, at)`` increments, for tables/writer.py: one
+    row per count row and window, owned by ``event`` (the raw record that caused it: its
+    partition owns the row). Values are the stored value plus the batch's increments."""
     items = list(increments)
+    out: list[Row] = []
     for wrapper in (tumbling, steps):
         table: Any = wrapper.table  # Faust's windowed-table internals are not in its types
+        window, data = table.window, table.data
         sums: dict[tuple[str, Any], list[Any]] = {}
         for event, key, delta, at in items:
-            row = row_key(key, event.message.partition)
-            slot = (row, table.window.current(at))
+            slot = (row_key(key, event.message.partition), window.current(at))
             if slot in sums:
                 sums[slot][1] += delta
             else:
-                sums[slot] = [event, delta, at]
-        for (row, _), (event, delta, at) in sums.items():
-            with current(event):
-                table._set_windowed(row, int(table._windowed_timestamp(row, at)) + delta, at)
+                sums[slot] = [event, delta]
+        for slot, (event, delta) in sums.items():
+            with current(event):  # a RocksDB store reads the partition's database
+                stored = data.get(slot)
+            out.append((table, event, slot, int(stored or 0) + delta))
+    return out
 
 
 class Window:

@@ -8,7 +8,7 @@ from typing import Any
 
 from intervaltree import IntervalTree
 
-from app.faust_fixes import _new_offset
+from app.faust_fixes import _deliverable, _new_offset
 
 TP = ("raw", 0)
 
@@ -45,3 +45,60 @@ def test_offsets_missing_from_the_log_count_as_done() -> None:
 
 def test_unknown_committed_offset_commits_the_first_run() -> None:
     assert _new_offset(consumer(None, [5, 6, 8]), TP) == 7
+
+
+class _Event:
+    def __init__(self, set_: bool = False) -> None:
+        self._set = set_
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+class _Lock:
+    def __init__(self, locked: bool = False) -> None:
+        self._locked = locked
+
+    def locked(self) -> bool:
+        return self._locked
+
+
+class _Queue:
+    def __init__(self, full: bool = False) -> None:
+        self._full = full
+
+    def full(self) -> bool:
+        return self._full
+
+
+def fetcher_consumer(
+    suspended: bool = False,
+    flow_active: bool = True,
+    buffered: int = 0,
+    locked: bool = False,
+    full_queue: bool = False,
+) -> Any:
+    app = SimpleNamespace(
+        flow_control=SimpleNamespace(is_active=lambda: flow_active),
+        producer=SimpleNamespace(buffer=SimpleNamespace(size=buffered, max_messages=100)),
+        topics=SimpleNamespace(
+            _tp_index={
+                TP: [SimpleNamespace(queue=_Queue()), SimpleNamespace(queue=_Queue(full_queue))]
+            },
+            _tp_to_callback_lock=_Lock(locked),
+        ),
+    )
+    return SimpleNamespace(app=app, suspend_flow=_Event(suspended))
+
+
+def test_delivers_directly_only_when_nothing_in_faust_can_wait() -> None:
+    assert _deliverable(fetcher_consumer())(TP) is True
+    assert _deliverable(fetcher_consumer())(("unindexed", 3)) is True
+    for blocked in (
+        {"suspended": True},  # a rebalance suspended the flow: race it (wait_first)
+        {"flow_active": False},
+        {"buffered": 101},  # Faust's producer buffer is over its limit: the conductor waits
+        {"locked": True},  # the conductor is rebuilding its partition index
+        {"full_queue": True},  # one reading channel's queue is full: its put waits
+    ):
+        assert _deliverable(fetcher_consumer(**blocked))(TP) is False, blocked
