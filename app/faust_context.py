@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from faust import streams
+from faust.stores.memory import Store as MemoryStore
 
 
 @contextmanager
@@ -25,3 +26,10 @@ def current(event: Any) -> Iterator[None]:
         yield
     finally:
         var.reset(token)
+
+
+def needs_current(table: Any) -> bool:
+    """Whether the table's store reads ``current`` (RocksDB keeps one database per partition and
+    picks it from the current event); the memory store is one dict and does not, and the
+    context costs a few microseconds per row."""
+    return not isinstance(table.data, MemoryStore)

@@ -25,7 +25,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from app.core_app import app, settings
-from app.faust_context import current
+from app.faust_context import current, needs_current
 from tables.writer import Row
 
 core = settings.core
@@ -57,7 +57,7 @@ def rows(increments: Iterable[tuple[Any, str, int, float]]) -> list[Row]:
     out: list[Row] = []
     for wrapper in (tumbling, steps):
         table: Any = wrapper.table  # Faust's windowed-table internals are not in its types
-        window, data = table.window, table.data
+        window, data, set_current = table.window, table.data, needs_current(table)
         sums: dict[tuple[str, Any], list[Any]] = {}
         for event, key, delta, at in items:
             slot = (row_key(key, event.message.partition), window.current(at))
@@ -66,7 +66,10 @@ def rows(increments: Iterable[tuple[Any, str, int, float]]) -> list[Row]:
             else:
                 sums[slot] = [event, delta]
         for slot, (event, delta) in sums.items():
-            with current(event):  # a RocksDB store reads the partition's database
+            if set_current:  # a RocksDB store reads the partition's database
+                with current(event):
+                    stored = data.get(slot)
+            else:
                 stored = data.get(slot)
             out.append((table, event, slot, int(stored or 0) + delta))
     return out
