@@ -1,6 +1,7 @@
 """The Faust floor for bench/core.py: a Faust agent that reads the raw topic in the core agent's
-batches and acks, doing nothing else. Its rate is what Faust itself costs per record here, the
-ceiling of any Faust agent on this machine. Run as a worker by bench/core.py:
+batches and acks, doing nothing else, with kubevents' corrections to Faust's fetcher loop and
+commits applied (app/faust_fixes.py) as in the worker. Its rate is what Faust itself costs per
+record here, the ceiling of any Faust agent on this machine. Run as a worker by bench/core.py:
 ``python -m bench.faust_floor worker``, with BENCH_TOPIC, BENCH_N, BENCH_OUT and
 KUBEVENTS_KAFKA_BROKERS set.
 """
@@ -14,6 +15,9 @@ from typing import Any
 
 import faust
 
+from app import faust_fixes
+
+faust_fixes.apply()
 TOPIC, N, OUT = os.environ["BENCH_TOPIC"], int(os.environ["BENCH_N"]), os.environ["BENCH_OUT"]
 app = faust.App(
     f"{TOPIC}-floor",
