@@ -4,13 +4,15 @@ It takes the raw records in batches (``stream.noack_take``: nothing is acked unt
 for each batch, in this order:
   1. decides and builds every output (dedupe reads the table plus what this batch decided);
   2. publishes the outputs and waits until Kafka acknowledged all of them (acks=all);
-  3. writes the dedupe rows and count increments to the tables (tables/writer.py: changelog
-     records acknowledged first, then the store);
+  3. writes the count increments, then the dedupe rows, to the tables (tables/writer.py:
+     changelog records acknowledged first, then the store);
   4. acks the records, which lets Faust commit their offsets.
 A crash before 2 completes re-processes the records (outputs published again: exact repeats
 that the idempotent sinks absorb); a crash between 2 and 3 does too, as the table does not know
-the versions yet; after 3 the versions are known and a redelivery passes nothing and counts
-nothing. The table never runs ahead of the outputs, so a version is never dropped as "seen"
+the versions yet; a crash within 3 decides the batch again from the same dedupe rows, and the
+count rows skip the increments they hold already (each row keeps the last raw offset it
+counted, tables/counts.py); after 3 the versions are known and a redelivery passes nothing and
+counts nothing. The table never runs ahead of the outputs, so a version is never dropped as "seen"
 without having been published.
 
 Records fetched under an earlier consumer generation (a rebalance happened meanwhile) are
@@ -21,6 +23,7 @@ now, which reads it again from the committed offset (app/faust_fixes.py).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -81,20 +84,24 @@ class Batch:
             self.records.append((TOPIC_NAMES[out.topic], out.key, out.value))
         self.increments.extend((event, inc) for inc in result.increments)
 
-    def table_rows(self) -> list[Row]:
-        """Dedupe rows and count rows to write, for the records of the current generation
-        only: an earlier generation's partition may belong to another worker now."""
-        generation = app.consumer_generation_id
-        out: list[Row] = []
-        for uid, (event, state) in self.states.items():
-            if event.message.generation_id == generation:
-                table, key, value = seen.row(uid, state, event.message.timestamp)
-                out.append((table, event, key, value))
-        out += counts.rows(
+    def _fresh(self, event: Any) -> bool:
+        # Only records of the current generation write rows: an earlier generation's partition
+        # may belong to another worker now, which processes its records again.
+        return bool(event.message.generation_id == app.consumer_generation_id)
+
+    def count_rows(self) -> list[Row]:
+        return counts.rows(
             (event, inc.key, inc.delta, inc.at)
             for event, inc in self.increments
-            if event.message.generation_id == generation
+            if self._fresh(event)
         )
+
+    def dedupe_rows(self) -> list[Row]:
+        out: list[Row] = []
+        for uid, (event, state) in self.states.items():
+            if self._fresh(event):
+                table, key, value = seen.row(uid, state, event.message.timestamp)
+                out.append((table, event, key, value))
         return out
 
 
@@ -105,7 +112,20 @@ async def handle(
     for event in events:
         await batch.add(event, enricher)
     await publisher.publish(batch.records)
-    await writer.write(batch.table_rows())
+    # Count rows before dedupe rows: if the worker dies in between, the batch is decided again
+    # from the same dedupe state, and the count rows skip the increments they hold already.
+    await writer.write(batch.count_rows())
+    _fault("after-count-rows")
+    await writer.write(batch.dedupe_rows())
+
+
+_FAULT = os.environ.get("KUBEVENTS_CORE_FAULT", "")
+
+
+def _fault(point: str) -> None:
+    """Fault injection for the tests (KUBEVENTS_CORE_FAULT=<point>): die at once, as kill -9."""
+    if point == _FAULT:
+        os._exit(137)
 
 
 @app.agent(raw_topic, name="core")

@@ -10,7 +10,9 @@ event per count key and raw record, which measured as the slowest part of the wo
 
 Increments come from the dedupe decision (an event whose count went from 3 to 5 adds 2; a
 redelivered or re-listed version adds 0), and are written only after the batch's outputs are
-acknowledged, in the same step as the dedupe rows (tables/writer.py).
+acknowledged, and before the dedupe rows (tables/writer.py, agents/core.py). Each row carries
+the last raw offset it holds, so that a batch processed again after a crash adds nothing twice
+(``rows``): counts stay exact wherever a worker dies.
 
 The hopping window (size ``hopping_size_s``, step ``hopping_step_s``) is served from step-sized
 tumbling buckets summed when read: one changelog write per increment instead of one per
@@ -49,29 +51,49 @@ def split_row_key(row: str) -> tuple[str, int] | None:
     return (key, int(partition)) if key and partition.isdigit() else None
 
 
+def count_of(value: Any) -> int:
+    """The occurrences a stored row holds: ``[n, upto]`` (an int in rows written before the
+    offset guard)."""
+    if isinstance(value, list | tuple):
+        return int(value[0])
+    return int(value or 0)
+
+
+def _upto(value: Any) -> int:
+    """The last raw offset whose increments the row holds (-1: unknown)."""
+    return int(value[1]) if isinstance(value, list | tuple) else -1
+
+
 def rows(increments: Iterable[tuple[Any, str, int, float]]) -> list[Row]:
     """The table rows that add ``(event, key, delta, at)`` increments, for tables/writer.py: one
     row per count row and window, owned by ``event`` (the raw record that caused it: its
-    partition owns the row). Values are the stored value plus the batch's increments."""
+    partition owns the row).
+
+    A row is ``[n, upto]``: n occurrences, made of the increments of the row's partition up to
+    raw offset ``upto``. An increment from a record at or before ``upto`` is in the row already
+    and is skipped: a batch processed again after a crash (its records were not acked) never
+    counts twice, whatever part of its rows had reached the changelog. Increments come in
+    offset order per partition (the core agent takes each partition's records in order)."""
     items = list(increments)
     out: list[Row] = []
     for wrapper in (tumbling, steps):
         table: Any = wrapper.table  # Faust's windowed-table internals are not in its types
         window, data, set_current = table.window, table.data, needs_current(table)
-        sums: dict[tuple[str, Any], list[Any]] = {}
+        acc: dict[tuple[str, Any], list[Any]] = {}  # slot -> [event, n, upto, changed]
         for event, key, delta, at in items:
             slot = (row_key(key, event.message.partition), window.current(at))
-            if slot in sums:
-                sums[slot][1] += delta
-            else:
-                sums[slot] = [event, delta]
-        for slot, (event, delta) in sums.items():
-            if set_current:  # a RocksDB store reads the partition's database
-                with current(event):
+            entry = acc.get(slot)
+            if entry is None:
+                if set_current:  # a RocksDB store reads the partition's database
+                    with current(event):
+                        stored = data.get(slot)
+                else:
                     stored = data.get(slot)
-            else:
-                stored = data.get(slot)
-            out.append((table, event, slot, int(stored or 0) + delta))
+                entry = acc[slot] = [event, count_of(stored), _upto(stored), False]
+            offset = event.message.offset
+            if offset > entry[2]:
+                entry[0], entry[1], entry[2], entry[3] = event, entry[1] + delta, offset, True
+        out += [(table, e[0], slot, [e[1], e[2]]) for slot, e in acc.items() if e[3]]
     return out
 
 
@@ -90,7 +112,7 @@ class Window:
         total, t = 0, start
         window = self.table.table.window
         while t < end:
-            total += int(self.table[row][window.ranges(t)[0]])
+            total += count_of(self.table[row][window.ranges(t)[0]])
             t += self.step
         return total
 

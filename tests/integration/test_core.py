@@ -317,6 +317,40 @@ def test_two_workers_share_partitions_and_survive_the_death_of_one(
     assert survivor["workers"] == 1 and not survivor["unreachable_workers"]
 
 
+def test_worker_dying_between_count_rows_and_dedupe_rows_counts_exactly(
+    brokers: str, names: dict[str, str], procs: list[Proc]
+) -> None:
+    """The worst place to die: a batch's outputs are out and its count rows are on the
+    changelog, its dedupe rows are not. The next worker decides the batch again from the same
+    dedupe rows; the count rows must not take its increments twice."""
+    n = 300
+    messages = []
+    for i in range(n):
+        messages.append(raw(event(f"f{i}", 10, 1, reason=f"R{i % 3}"), "ADDED"))
+        if i % 3 == 0:
+            messages.append(raw(event(f"f{i}", 11, 3, reason=f"R{i % 3}")))  # adds 2
+    produce(brokers, names["KUBEVENTS_TOPICS_RAW"], messages)
+    occurrences = n + 2 * len(range(0, n, 3))
+    env = worker_env(names, KUBEVENTS_CORE_BATCH_SIZE="50")
+    doomed = Proc(
+        ["worker", "--pipeline", "core"],
+        {
+            **env,
+            "KUBEVENTS_CORE_WEB_PORT": str(free_port()),
+            "KUBEVENTS_CORE_FAULT": "after-count-rows",
+        },
+        "core-doomed",
+    )
+    procs.append(doomed)
+    assert doomed.proc.wait(120) == 137, doomed.output()[-2000:]
+    port = start_worker(procs, env, "core-after")
+    uids = wait_uids(brokers, names["KUBEVENTS_TOPICS_ENRICHED"], {f"f{i}" for i in range(n)})
+    print(f"death between count and dedupe rows: {sum(uids.values()) - n - n // 3} exact repeats")
+    wait_counts(port, occurrences)
+    time.sleep(3)  # nothing more arrives later either
+    wait_counts(port, occurrences, timeout=0)
+
+
 def test_workers_joining_and_leaving_under_traffic_lose_nothing_and_count_once(
     brokers: str, names: dict[str, str], procs: list[Proc]
 ) -> None:
