@@ -1,7 +1,8 @@
 """The core agent: raw topic -> decode/dedupe/enrich/count -> enriched topic, DLQ and tables.
 
-It takes the raw records in batches (``stream.noack_take``: nothing is acked until said so) and
-for each batch, in this order:
+It takes the raw records in batches, handed over by Faust's fetcher loop as it reads them (at
+most ``KUBEVENTS_CORE_BATCH_SIZE``; app/faust_fixes.py, ``deliver_in_batches``) instead of one
+event at a time through Faust's stream, and for each batch, in this order:
   1. decides and builds every output (dedupe reads the table plus what this batch decided);
   2. publishes the outputs and waits until Kafka acknowledged all of them (acks=all);
   3. writes the count increments, then the dedupe rows, to the tables (tables/writer.py:
@@ -27,7 +28,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from app import pipeline
+from app import faust_fixes, pipeline
 from app.core_app import app, raw_topic, settings
 from app.enrich import Enricher
 from app.faust_context import current, needs_current
@@ -128,18 +129,34 @@ def _fault(point: str) -> None:
         os._exit(137)
 
 
-@app.agent(raw_topic, name="core")
+class Delivered:
+    """A raw record as the core agent handles it: Faust's message, with its key and value."""
+
+    __slots__ = ("__weakref__", "key", "message", "value")  # weakref: app/faust_context.py
+
+    def __init__(self, message: Any) -> None:
+        self.message, self.key, self.value = message, message.key, message.value
+
+
+# The raw topic's records reach the agent in batches, straight from Faust's fetcher loop
+# (app/faust_fixes.py, deliver_in_batches), through this channel: at most two batches wait.
+batches = app.channel(maxsize=2)
+app.topics.add(raw_topic)  # subscribed as any agent's topic: same group, same assignment
+faust_fixes.deliver_in_batches(
+    settings.topics.raw, lambda messages: batches.send(value=messages), settings.core.batch_size
+)
+
+
+@app.agent(batches, name="core")
 async def core(stream: Any) -> None:
     enricher = _enricher()
     publisher = await OutputPublisher.start(settings.kafka, f"{settings.core.app_id}-outputs")
     writer = TableWriter(publisher)
     try:
-        async for events in stream.noack_take(
-            settings.core.batch_size, within=settings.core.batch_wait_s
-        ):
-            await handle(events, enricher, publisher, writer)
-            for event in events:
-                await stream.ack(event)
+        async for messages in stream:
+            await handle([Delivered(m) for m in messages], enricher, publisher, writer)
+            for message in messages:
+                app.consumer.ack(message)  # lets Faust commit up to it (app/faust_fixes.py)
     except Exception as exc:
         # Faust would restart the agent and read on past the failed batch, leaving its offsets
         # unacked and the commit stuck until a restart: stop the worker now instead, so that it

@@ -33,6 +33,12 @@ or one delivered while a seek happened, does not move it.
 altogether when C is 0 or unknown: an acked C+1 with C still in flight, or acked offsets after
 records dropped as in 3, were committed over the hole. Here the first acked offset must be C
 itself (offsets missing from the log, found by 3, count as acked, as in Faust).
+
+Besides the corrections, the fetcher loop can hand a topic's records over in batches
+(``deliver_in_batches``, used by the core agent for the raw topic) instead of one event at a
+time through Faust's conductor, topic queue and stream, which cost more per record than the core
+agent's whole work on it (bench/core.py). The same sequence rules apply: read offsets move only
+for records really handed over, under the generation and seek count they were read with.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from aiokafka.errors import IllegalStateError
@@ -136,6 +143,20 @@ def _new_offset(self: Any, tp: Any) -> int | None:
     return int(batch[-1]) + 1
 
 
+_batched: dict[str, tuple[Callable[[list[Any]], Awaitable[Any]], int]] = {}
+
+
+def deliver_in_batches(
+    topic: str, hand_over: Callable[[list[Any]], Awaitable[Any]], max_batch: int
+) -> None:
+    """Have the fetcher loop hand ``topic``'s records over as lists (at most ``max_batch``, in
+    each partition's order) to ``hand_over`` instead of one by one through Faust's conductor,
+    topic queue and stream: that path costs ~100 us per record here, more than all the work the
+    core agent does on it. Records handed over are acked with ``consumer.ack(message)`` (fix 1
+    and 4 apply); records of an earlier generation are not handed over."""
+    _batched[topic] = (hand_over, max_batch)
+
+
 def _deliverable(consumer: Any) -> Any:
     """A check that Faust's delivery of a record of a partition (the conductor's callback) will
     complete without waiting: flow not suspended, Faust's producer buffer not over its limit,
@@ -162,6 +183,82 @@ def _deliverable(consumer: Any) -> Any:
     return deliverable
 
 
+class _Batches:
+    """The records of batched topics (``deliver_in_batches``) read by one pass of the fetcher
+    loop, handed over together. Their read offsets move only once they are handed over, and only
+    if no seek happened since they were read (a seek sets the next offset itself); a batch read
+    under an earlier generation, or overtaken by a seek or a flow suspension, is dropped: its
+    records are read again from where the seek put the partition."""
+
+    def __init__(self, consumer: Any, state: _ReadState) -> None:
+        self.consumer, self.state = consumer, state
+        self.pending: dict[str, list[Any]] = {}
+        self.next: dict[Any, int] = {}  # partition -> next offset, counting pending records
+        self.seeks = -1  # the seek count the pending records were read under
+
+    def next_offset(self, tp: Any, seeks: int, expected: int | None) -> int | None:
+        if seeks != self.seeks:  # a seek since: pending records are stale
+            self.drop()
+            return expected
+        return self.next.get(tp, expected)
+
+    def drop(self) -> None:
+        self.pending.clear()
+        self.next.clear()
+
+    async def add(self, tp: Any, message: Any, seeks: int) -> None:
+        if not self.pending:
+            self.seeks = seeks
+        records = self.pending.setdefault(message.topic, [])
+        records.append(message)
+        self.next[tp] = message.offset + 1
+        if len(records) >= _batched[message.topic][1]:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if not self.pending:
+            return
+        consumer, state = self.consumer, self.state
+        generation = consumer.app.consumer_generation_id
+        with state.lock:
+            handed = state.seeks == self.seeks  # else read before a seek: they come again
+        for topic, records in self.pending.items():
+            if any(getattr(m, "generation_id", None) != generation for m in records):
+                handed = False
+            if handed:
+                handed = await self._hand_over(_batched[topic][0], records)
+        with state.lock:
+            if handed and state.seeks == self.seeks:
+                consumer._read_offset.update(self.next)
+                for tp in self.next:
+                    state.reseek.pop(tp, None)
+        self.drop()
+
+    async def _hand_over(
+        self, hand_over: Callable[[list[Any]], Awaitable[Any]], records: list[Any]
+    ) -> bool:
+        """Hand the records over unless the flow is suspended (a rebalance) first."""
+        suspend_flow = self.consumer.suspend_flow
+        if suspend_flow.is_set():
+            return False
+        put = asyncio.ensure_future(hand_over(list(records)))
+        if not put.done():
+            suspended = asyncio.ensure_future(suspend_flow.wait())
+            await asyncio.wait({put, suspended}, return_when=asyncio.FIRST_COMPLETED)
+            suspended.cancel()
+            if not put.done():
+                put.cancel()  # not queued: its records come again after the rebalance's seek
+                with contextlib.suppress(asyncio.CancelledError):
+                    await put
+                return False
+        if put.cancelled():
+            return False
+        error = put.exception()
+        if error is not None:
+            raise error
+        return True
+
+
 async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
     """Faust's fetcher loop (faust/transport/consumer.py), delivering each partition's records
     strictly in sequence: the read offset is the next offset expected (as seeks set it), a
@@ -176,6 +273,7 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
     state = _state(self)
     acks_enabled_for = self.app.topics.acks_enabled_for
     deliverable = _deliverable(self)
+    batches = _Batches(self, state)
     since_yield = 0
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
@@ -195,8 +293,17 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
                 offset = message.offset
                 with state.lock:
                     seeks, expected = state.seeks, read_offset[tp]
+                expected = batches.next_offset(tp, seeks, expected)
                 if expected is not None and offset < expected:
                     continue  # already read: a re-fetch after a seek
+                if expected is not None and offset > expected and batches.pending:
+                    # What was read before the gap is handed over first; if it could not be,
+                    # the gap starts before it.
+                    await batches.flush()
+                    with state.lock:
+                        seeks, expected = state.seeks, read_offset[tp]
+                    if expected is not None and offset < expected:
+                        continue
                 if expected is not None and offset > expected:
                     back, times = state.reseek.get(tp, (expected, 0))
                     times = times + 1 if back == expected else 1
@@ -215,6 +322,9 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
                 if self._commit_every is not None and self._n_acked >= self._commit_every:
                     self._n_acked = 0
                     await self.commit()
+                if message.topic in _batched:
+                    await batches.add(tp, message, seeks)
+                    continue
                 if deliverable(tp):  # nothing in Faust's delivery can wait: no task needed
                     await callback(message)
                 else:
@@ -226,6 +336,7 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
                     if fresh and state.seeks == seeks:
                         read_offset[tp] = offset + 1
                         state.reseek.pop(tp, None)
+            await batches.flush()
             self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
     except self.consumer_stopped_errors:
         if self.transport.app.should_stop:

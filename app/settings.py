@@ -141,10 +141,10 @@ class CoreSettings(BaseModel):
     )
     max_record_bytes: int = Field(1 << 20, ge=1024, description="Larger raw records go to DLQ.")
     batch_size: int = Field(
-        1000, ge=1, description="Raw records processed (and their outputs published) together."
-    )
-    batch_wait_s: float = Field(
-        0.05, gt=0, description="Longest wait to fill a batch before processing it anyway, s."
+        1000,
+        ge=1,
+        description="Most raw records processed (and their outputs published) together; a batch"
+        " is what one fetch brought, so nothing waits for a batch to fill.",
     )
     dedupe_ttl_s: float = Field(
         4500.0, gt=0, description="Keep an event uid this long (API server keeps events 1 h)."
