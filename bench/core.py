@@ -3,9 +3,10 @@
 Preloads M raw messages (distinct events, a fifth of them with a second version), then measures
   * bare: an aiokafka consumer that reads, decodes (parse_raw + normalize) and re-publishes each
           message (acks=all), committing as it goes;
-  * floor: a Faust agent that only reads and acks the same records in the same batches, with
-          kubevents' Faust corrections (bench/faust_floor.py): what Faust alone costs per
-          record, the ceiling of any agent;
+  * floor: a Faust agent that only reads and acks the same records one event at a time through
+          Faust's stream (``noack_take``), with kubevents' Faust corrections
+          (bench/faust_floor.py): what Faust's own per-event path costs, which the core worker
+          bypasses (its records come in batches from the fetcher loop);
   * core: `kubevents worker --pipeline core` (dedupe, enrichment without owner lookups, tables,
           counts), timed until the enriched topic holds every expected record; its peak RSS.
 Prints events/s for each and the ratios core/bare and core/floor.

@@ -1,7 +1,8 @@
-"""The Faust floor for bench/core.py: a Faust agent that reads the raw topic in the core agent's
-batches and acks, doing nothing else, with kubevents' corrections to Faust's fetcher loop and
-commits applied (app/faust_fixes.py) as in the worker. Its rate is what Faust itself costs per
-record here, the ceiling of any Faust agent on this machine. Run as a worker by bench/core.py:
+"""Faust's own stream path, for bench/core.py: a Faust agent that reads the raw topic one event
+at a time through Faust's stream (``noack_take``, in batches of 1000) and acks, doing nothing
+else, with kubevents' corrections to Faust's fetcher loop and commits applied (app/faust_fixes.py).
+Its rate is what that path costs per record here; the core worker bypasses it (its records come
+in batches straight from the fetcher loop). Run as a worker by bench/core.py:
 ``python -m bench.faust_floor worker``, with BENCH_TOPIC, BENCH_N, BENCH_OUT and
 KUBEVENTS_KAFKA_BROKERS set.
 """
