@@ -19,8 +19,10 @@ help:
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q uv==0.9.30
-	$(VENV)/bin/uv pip sync -q --python $(PY) requirements.lock
-	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	@# Bytecode compiled once here: uv does not by default, and with PYTHONDONTWRITEBYTECODE set
+	@# every kubevents process would compile its imports again (~2 s of CPU per start).
+	$(VENV)/bin/uv pip sync -q --compile-bytecode --python $(PY) requirements.lock
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(PY) --no-deps -e .
 	@rm -f $(VENV)/.installed-*; touch $@
 
 venv: $(STAMP)
