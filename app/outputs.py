@@ -7,7 +7,8 @@ as Faust, Java and aiokafka partition) into ready-made batches (``ready_batches`
 batch instead of one per record is what keeps publishing cheap next to Faust's per-event cost.
 
 A failed batch is retried in place, with backoff, for as long as it takes: never skipped, so a
-Kafka outage stalls the worker (and its lag grows) instead of losing outputs.
+Kafka outage stalls the worker (and its lag grows) instead of losing outputs. A producer whose
+sender stopped for good (app/kafka_producer.py) is replaced before the retry.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
 from app.kafka import partition_of, producer_kwargs, ready_batches
+from app.kafka_producer import RenewingProducer
 from app.settings import KafkaSettings
 
 log = logging.getLogger("kubevents.outputs")
@@ -34,18 +36,18 @@ Record = tuple[str, bytes, bytes]  # topic, key, value
 
 
 class OutputPublisher:
-    def __init__(self, producer: AIOKafkaProducer):
-        self._producer = producer
+    def __init__(self, kafka: RenewingProducer):
+        self._kafka = kafka
         self._last_warning = 0.0
 
     @classmethod
     async def start(cls, kafka: KafkaSettings, client_id: str) -> OutputPublisher:
-        producer = AIOKafkaProducer(**producer_kwargs(kafka, client_id))
+        producer = RenewingProducer(lambda: AIOKafkaProducer(**producer_kwargs(kafka, client_id)))
         await producer.start()
         return cls(producer)
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        await self._kafka.stop()
 
     async def publish(self, records: Sequence[Record]) -> None:
         """Returns when every record is acknowledged (acks=all); retries failures in place."""
@@ -53,7 +55,7 @@ class OutputPublisher:
         groups: dict[tuple[str, int], list[tuple[bytes, bytes]]] = defaultdict(list)
         for topic, key, value in records:
             if topic not in partitions:
-                partitions[topic] = sorted(await self._producer.partitions_for(topic))
+                partitions[topic] = sorted(await self._kafka.current.partitions_for(topic))
             groups[(topic, partition_of(key, partitions[topic]))].append((key, value))
         await self.publish_to(groups)
 
@@ -69,10 +71,11 @@ class OutputPublisher:
     async def _send(self, topic: str, partition: int, items: list[tuple[bytes, bytes]]) -> int:
         attempt = 0
         while True:
+            producer = self._kafka.current
             try:
                 sent = [
-                    (await self._producer.send_batch(batch, topic, partition=partition), len(chunk))
-                    for batch, chunk in ready_batches(self._producer, items)
+                    (await producer.send_batch(batch, topic, partition=partition), len(chunk))
+                    for batch, chunk in ready_batches(producer, items)
                 ]
                 metadata = await asyncio.gather(*(future for future, _ in sent))
                 SENT.labels(topic).inc(len(items))
@@ -86,6 +89,7 @@ class OutputPublisher:
                 attempt += 1
                 RETRIES.inc()
                 self._warn(topic, partition, len(items), exc)
+                await self._kafka.renew_if_broken(producer, exc)
                 await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
 
     def _warn(self, topic: str, partition: int, n: int, exc: BaseException) -> None:

@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from app.election import LeaseElector
 from app.errors import UserError
 from app.kafka import ensure_topics, producer_kwargs, unreachable
+from app.kafka_producer import RenewingProducer
 from app.kube import ApiError, KubeClient, explain_api_error
 from app.obs import start_http
 from app.publisher import Publisher
@@ -152,7 +153,9 @@ async def run(settings: Settings) -> int:
     client = KubeClient.from_settings(settings.kubernetes)
     await asyncio.to_thread(preflight, client, settings)
     await ensure_topics(settings.kafka, settings.topics)
-    kafka = AIOKafkaProducer(**producer_kwargs(settings.kafka, "kubevents-producer"))
+    kafka = RenewingProducer(
+        lambda: AIOKafkaProducer(**producer_kwargs(settings.kafka, "kubevents-producer"))
+    )
     try:
         await kafka.start()
     except (KafkaConnectionError, KafkaError, OSError) as exc:

@@ -2,7 +2,8 @@
 
 When Kafka is away, sends fail and are retried in place (never dropped), the in-flight slots stay
 taken, ``publish`` blocks, and so the thread reading the API server stops reading: memory stays
-bounded and the watch resumes (or re-lists) once Kafka is back.
+bounded and the watch resumes (or re-lists) once Kafka is back. A producer whose sender stopped
+for good is replaced before the retries (app/kafka_producer.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from app.kafka import partition_of, ready_batches
+from app.kafka_producer import RenewingProducer
 
 log = logging.getLogger("kubevents.publisher")
 
@@ -32,8 +34,8 @@ BLOCKED = Gauge(
 
 
 class Publisher:
-    def __init__(self, producer: AIOKafkaProducer, topic: str, max_in_flight: int):
-        self._producer, self._topic = producer, topic
+    def __init__(self, kafka: RenewingProducer, topic: str, max_in_flight: int):
+        self._kafka, self._topic = kafka, topic
         self._max = max_in_flight
         self._pending = 0
         self._waiting = 0  # publishers waiting for room under the in-flight limit
@@ -49,7 +51,8 @@ class Publisher:
         default partitioner) into ready-made batches: one future per batch instead of one per
         record is what lets the producer keep up with a bare LIST.
         """
-        partitions = sorted(await self._producer.partitions_for(self._topic))
+        producer = self._kafka.current
+        partitions = sorted(await producer.partitions_for(self._topic))
         by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
         for record in records:
             by_partition[partition_of(record[0], partitions)].append(record)
@@ -57,8 +60,8 @@ class Publisher:
             # never more records in one go than the in-flight limit allows at all
             for start in range(0, len(items), self._max):
                 part = items[start : start + self._max]
-                for batch, chunk in ready_batches(self._producer, part):
-                    await self._send_batch(batch, partition, chunk)
+                for batch, chunk in ready_batches(producer, part):
+                    await self._send_batch(producer, batch, partition, chunk)
 
     async def _take_slots(self, n: int) -> None:
         while self._pending + n > self._max:
@@ -79,14 +82,18 @@ class Publisher:
         IN_FLIGHT.set(self._pending)
 
     async def _send_batch(
-        self, batch: Any, partition: int, chunk: list[tuple[bytes, bytes]]
+        self,
+        producer: AIOKafkaProducer,
+        batch: Any,
+        partition: int,
+        chunk: list[tuple[bytes, bytes]],
     ) -> None:
         await self._take_slots(len(chunk))
         try:
-            fut = await self._producer.send_batch(batch, self._topic, partition=partition)
+            fut = await producer.send_batch(batch, self._topic, partition=partition)
         except KafkaError as exc:
             for key, value in chunk:
-                self._failed(key, value, 0, exc)
+                self._failed(producer, key, value, 0, exc)
             return
 
         def done(f: asyncio.Future[object]) -> None:
@@ -96,27 +103,37 @@ class Publisher:
                 self._release(len(chunk))
             else:  # the batch failed as a whole: retry its records one by one, in place
                 for key, value in chunk:
-                    self._failed(key, value, 0, exc)
+                    self._failed(producer, key, value, 0, exc)
 
         fut.add_done_callback(done)
 
     async def _send(self, key: bytes, value: bytes, attempt: int) -> None:
+        producer = self._kafka.current
         try:
-            fut = await self._producer.send(self._topic, value, key=key)
+            fut = await producer.send(self._topic, value, key=key)
         except KafkaError as exc:
-            self._failed(key, value, attempt, exc)
+            self._failed(producer, key, value, attempt, exc)
             return
-        fut.add_done_callback(lambda f: self._done(f, key, value, attempt))
+        fut.add_done_callback(lambda f: self._done(f, producer, key, value, attempt))
 
-    def _done(self, fut: asyncio.Future[object], key: bytes, value: bytes, attempt: int) -> None:
+    def _done(
+        self,
+        fut: asyncio.Future[object],
+        producer: AIOKafkaProducer,
+        key: bytes,
+        value: bytes,
+        attempt: int,
+    ) -> None:
         exc = fut.exception() if not fut.cancelled() else asyncio.CancelledError()
         if exc is None:
             PUBLISHED.inc()
             self._release()
         else:
-            self._failed(key, value, attempt, exc)
+            self._failed(producer, key, value, attempt, exc)
 
-    def _failed(self, key: bytes, value: bytes, attempt: int, exc: BaseException) -> None:
+    def _failed(
+        self, producer: AIOKafkaProducer, key: bytes, value: bytes, attempt: int, exc: BaseException
+    ) -> None:
         PUBLISH_ERRORS.inc()
         now = time.monotonic()
         if now - self._last_error_log > 5:
@@ -129,9 +146,12 @@ class Publisher:
                 self._pending,
             )
         delay = min(5.0, 0.2 * 2**attempt)
-        asyncio.get_running_loop().call_later(
-            delay, lambda: asyncio.ensure_future(self._send(key, value, attempt + 1))
-        )
+
+        async def retry() -> None:
+            await self._kafka.renew_if_broken(producer, exc)  # a sender stopped for good
+            await self._send(key, value, attempt + 1)
+
+        asyncio.get_running_loop().call_later(delay, lambda: asyncio.ensure_future(retry()))
 
     def _warn(self, message: str) -> None:
         now = time.monotonic()  # at most one line per 5 s, however long Kafka is away

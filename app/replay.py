@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from app.envelope import build_raw
 from app.errors import UserError
 from app.kafka import ensure_topics, producer_kwargs, unreachable
+from app.kafka_producer import RenewingProducer
 from app.publisher import Publisher
 from app.settings import Settings
 
@@ -82,7 +83,9 @@ def _progress(done: int, total: int, started: float) -> None:
 async def replay(settings: Settings, stream: IO[str], name: str, *, progress: bool) -> int:
     events = list(read_events(stream, name))  # validate everything before publishing anything
     await ensure_topics(settings.kafka, settings.topics)
-    kafka = AIOKafkaProducer(**producer_kwargs(settings.kafka, "kubevents-replay"))
+    kafka = RenewingProducer(
+        lambda: AIOKafkaProducer(**producer_kwargs(settings.kafka, "kubevents-replay"))
+    )
     try:
         await kafka.start()
     except (KafkaConnectionError, KafkaError, OSError) as exc:

@@ -108,6 +108,28 @@ class Proc:
         return self.log_path.read_text(errors="replace")
 
 
+def metric(port: int, name: str) -> float:
+    """The sum of a Prometheus metric's samples (all label sets) on a kubevents /metrics."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def kafka_ctl(action: str) -> None:
+    """Stop, start or wait for the stack's Kafka (stack/kafka.sh): a real outage."""
+    subprocess.run(
+        ["bash", str(ROOT / "stack" / "kafka.sh"), action],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+
+
 @pytest.fixture()
 def procs() -> Iterator[list[Proc]]:
     started: list[Proc] = []

@@ -15,7 +15,16 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from tests.integration.conftest import ROOT, Proc, consume, free_port, get_json, wait_http
+from tests.integration.conftest import (
+    ROOT,
+    Proc,
+    consume,
+    free_port,
+    get_json,
+    kafka_ctl,
+    metric,
+    wait_http,
+)
 from tests.integration.kube_helpers import (
     create_event,
     create_namespace,
@@ -85,17 +94,6 @@ def wait_for_versions(
         time.sleep(1)
     missing = wanted - set(versions(records))
     raise AssertionError(f"{len(missing)} versions never published, e.g. {sorted(missing)[:3]}")
-
-
-def metric(port: int, name: str) -> float:
-    import urllib.request
-
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_events_from_several_namespaces_and_their_repeats_all_arrive(
@@ -392,15 +390,6 @@ def test_events_k8s_io_api_selectors_and_deleted(
         assert records[0]["key"] == warning["involved_uid"].encode()
     finally:
         delete_namespace(api, ns)
-
-
-def kafka_ctl(action: str) -> None:
-    subprocess.run(
-        ["bash", str(ROOT / "stack" / "kafka.sh"), action],
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
 
 
 def test_kafka_down_pauses_reading_and_loses_nothing(

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from aiokafka.errors import OutOfOrderSequenceNumber
 from aiokafka.partitioner import murmur2
 
+from app.kafka_producer import RenewingProducer
+from app.outputs import OutputPublisher
 from app.publisher import Publisher
 
 
@@ -60,7 +63,7 @@ def records(n: int) -> list[tuple[bytes, bytes]]:
 def test_partitions_are_murmur2_of_the_key_and_order_is_kept() -> None:
     async def go() -> None:
         fake = FakeProducer(partitions=3, capacity=1000)
-        pub = Publisher(fake, "t", max_in_flight=1000)  # type: ignore[arg-type]
+        pub = Publisher(RenewingProducer(lambda: fake), "t", max_in_flight=1000)  # type: ignore[arg-type]
         await pub.publish(records(50))
         for partition, batch, _ in fake.sent:
             for key, _ in batch.records:
@@ -79,7 +82,7 @@ def test_partitions_are_murmur2_of_the_key_and_order_is_kept() -> None:
 def test_in_flight_never_exceeds_the_limit_and_a_page_larger_than_it_does_not_deadlock() -> None:
     async def go() -> None:
         fake = FakeProducer(partitions=2, capacity=4)
-        pub = Publisher(fake, "t", max_in_flight=5)  # type: ignore[arg-type]
+        pub = Publisher(RenewingProducer(lambda: fake), "t", max_in_flight=5)  # type: ignore[arg-type]
         task = asyncio.ensure_future(pub.publish(records(40)))
         published = 0
         for _ in range(100):
@@ -102,7 +105,7 @@ def test_in_flight_never_exceeds_the_limit_and_a_page_larger_than_it_does_not_de
 def test_blocks_while_nothing_is_acknowledged() -> None:
     async def go() -> None:
         fake = FakeProducer(partitions=1, capacity=100)
-        pub = Publisher(fake, "t", max_in_flight=10)  # type: ignore[arg-type]
+        pub = Publisher(RenewingProducer(lambda: fake), "t", max_in_flight=10)  # type: ignore[arg-type]
         await pub.publish(records(10))
         assert pub.in_flight == 10
         blocked = asyncio.ensure_future(pub.publish(records(1)))
@@ -113,3 +116,46 @@ def test_blocks_while_nothing_is_acknowledged() -> None:
         assert pub.in_flight == 1 and not pub.full
 
     asyncio.run(go())
+
+
+class OneShotProducer(FakeProducer):
+    """Acknowledges at once, or fails every batch as aiokafka does once its sender stopped."""
+
+    def __init__(self, broken: bool):
+        super().__init__(partitions=1)
+        self.broken, self.started, self.stopped = broken, False, False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> Any:
+        fut = await super().send_batch(batch, topic, partition=partition)
+        if self.broken:
+            fut.set_exception(OutOfOrderSequenceNumber())
+        else:
+            fut.set_result(type("Meta", (), {"offset": 41})())
+        return fut
+
+
+def test_a_producer_whose_sender_stopped_is_replaced_and_the_records_sent_again() -> None:
+    made: list[OneShotProducer] = []
+
+    def make() -> Any:
+        made.append(OneShotProducer(broken=not made))  # the first one is broken
+        return made[-1]
+
+    async def run() -> dict[tuple[str, int], int]:
+        publisher = OutputPublisher(RenewingProducer(make))
+        offsets = await publisher.publish_to({("t", 0): [(b"k1", b"v1"), (b"k2", b"v2")]})
+        await asyncio.sleep(0.05)  # the old producer is stopped in the background
+        return offsets
+
+    assert asyncio.run(run()) == {("t", 0): 42}  # acknowledged by the new producer
+    assert len(made) == 2 and made[1].started and made[0].stopped
+    assert [r for _, batch, _ in made[1].sent for r in batch.records] == [
+        (b"k1", b"v1"),
+        (b"k2", b"v2"),
+    ]

@@ -1,0 +1,74 @@
+"""An idempotent Kafka producer that is replaced when its sender stops for good.
+
+aiokafka's idempotent producer numbers each partition's batches; when the broker restarts with
+batches in flight, a resent batch can meet the broker's ``OutOfOrderSequenceNumber``, and
+aiokafka's sender task then stops for good: every later send fails, however often it is retried
+(tests/integration/test_core.py, Kafka stopped and restarted under a worker, hung on it).
+A fresh producer (a new producer id, new sequences) is the way out. Records the old one had in
+flight fail and are sent again by their callers, who retry until acknowledged: exact repeats at
+worst, never a loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
+
+log = logging.getLogger("kubevents.kafka")
+
+# Errors after which aiokafka's sender no longer works (it re-raises them and stops).
+BROKEN = (OutOfOrderSequenceNumber, ProducerFenced, UnknownProducerId, InvalidProducerEpoch)
+
+
+class RenewingProducer:
+    def __init__(self, make: Callable[[], AIOKafkaProducer]):
+        self._make = make
+        self.current = make()
+        self._lock = asyncio.Lock()
+        self._retired: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.current.start()
+
+    async def stop(self) -> None:
+        await self.current.stop()
+
+    @staticmethod
+    def broken(producer: AIOKafkaProducer, exc: BaseException) -> bool:
+        sender = getattr(producer, "_sender", None)
+        task = getattr(sender, "sender_task", None)
+        return isinstance(exc, BROKEN) or (task is not None and task.done())
+
+    async def renew(self, producer: AIOKafkaProducer) -> None:
+        """Replace ``producer`` (the one a failed send used) unless that happened already.
+        Raises if the new one cannot start (Kafka still away): the caller retries later."""
+        async with self._lock:
+            if producer is not self.current:
+                return
+            fresh = self._make()
+            await fresh.start()
+            self.current = fresh
+        log.warning("the Kafka producer's sender had stopped for good; it was replaced")
+        task = asyncio.ensure_future(self._retire(producer))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    async def renew_if_broken(self, producer: AIOKafkaProducer, exc: BaseException) -> None:
+        if self.broken(producer, exc):
+            with contextlib.suppress(Exception):  # still away: the next failure tries again
+                await self.renew(producer)
+
+    @staticmethod
+    async def _retire(producer: AIOKafkaProducer) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), 10)
