@@ -24,6 +24,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import OffsetAndMetadata
 
 from app.errors import UserError
+from app.kafka_producer import set_compression_level
 from app.settings import KafkaSettings, TopicSettings
 
 # Keys repeat (every event of one object has its uid) and aiokafka's murmur2 is pure Python:
@@ -117,6 +118,7 @@ def producer_kwargs(kafka: KafkaSettings, client_id: str) -> dict[str, Any]:
     """acks=all + idempotence: a broker failover neither loses nor duplicates a send.
 
     aiokafka's default partitioner is murmur2, as Faust and the Java client expect."""
+    set_compression_level(kafka.compression, kafka.compression_level)
     return {
         **client_kwargs(kafka),
         "client_id": client_id,

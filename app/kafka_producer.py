@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 
+import aiokafka.codec
+import aiokafka.record._crecords.default_records as c_default_records
+import aiokafka.record.default_records as py_default_records
+import aiokafka.record.legacy_records as py_legacy_records
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
@@ -72,3 +77,26 @@ class RenewingProducer:
     async def _retire(producer: AIOKafkaProducer) -> None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(producer.stop(), 10)
+
+
+_ENCODER = {"lz4": ("lz4_encode", "level"), "gzip": ("gzip_encode", "compresslevel")}
+_ENCODER["zstd"] = ("zstd_encode", "level")
+_DEFAULT_LEVEL = {"lz4": 1}
+_BUILDERS = (c_default_records, py_default_records, py_legacy_records)
+
+
+def set_compression_level(codec: str, level: int | None) -> None:
+    """Use ``level`` for ``codec`` in every producer of this process. aiokafka takes no level and
+    compresses lz4 at 9, its slowest: 6 us per 560-byte raw record here against 0.35 us at 1,
+    for batches 18x instead of 11x smaller; that was a fifth of the producer's CPU per event.
+    Its batch builders look the encoder up by name, so it is replaced there."""
+    if codec not in _ENCODER:
+        return
+    level = level if level is not None else _DEFAULT_LEVEL.get(codec)
+    if level is None:
+        return
+    name, argument = _ENCODER[codec]
+    encode = functools.partial(getattr(aiokafka.codec, name), **{argument: level})
+    for module in _BUILDERS:
+        if hasattr(module, name):
+            setattr(module, name, encode)

@@ -54,6 +54,14 @@ class KafkaSettings(BaseModel):
         False, description="Skip broker certificate and hostname checks. Only for testing."
     )
     compression: Compression = Field("lz4", description="Producer compression codec.")
+    compression_level: int | None = Field(
+        None,
+        ge=1,
+        le=22,
+        description="Codec level: lz4 1-12 (default 1, fast, as librdkafka and Go clients use;"
+        " aiokafka's own 9 costs 15x the CPU for ~1.6x smaller batches), gzip 1-9 (default 9),"
+        " zstd 1-22 (default 3).",
+    )
     linger_ms: int = Field(20, ge=0, description="Producer batching delay, milliseconds.")
     max_batch_bytes: int = Field(1 << 20, ge=1024, description="Producer batch size, bytes.")
     request_timeout_ms: int = Field(30_000, ge=1000, description="Broker request timeout, ms.")

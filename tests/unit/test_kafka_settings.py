@@ -50,3 +50,33 @@ def test_an_empty_variable_means_unset_and_a_missing_tls_file_is_named() -> None
     assert kafka.ssl_cafile is None, "not Path('') (the current directory)"
     with pytest.raises(UserError, match=r"KUBEVENTS_KAFKA_SSL_CERTFILE='/no/such.pem' is not a"):
         client_kwargs(kafka)
+
+
+def test_the_compression_level_reaches_aiokafkas_batch_builder() -> None:
+    import aiokafka.codec
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    from app.kafka_producer import set_compression_level
+
+    def batch_size(level: int) -> int:
+        set_compression_level("lz4", level)
+        builder = DefaultRecordBatchBuilder(
+            magic=2,
+            compression_type=3,  # lz4
+            is_transactional=0,
+            producer_id=-1,
+            producer_epoch=-1,
+            base_sequence=-1,
+            batch_size=1 << 20,
+        )
+        for i in range(200):
+            value = f'{{"event": {i}, "reason": "BackOff", "message": "Back-off restarting"}}'
+            builder.append(i, timestamp=None, key=b"k", value=value.encode() * 4, headers=[])
+        return len(builder.build())
+
+    try:
+        fast, small = batch_size(1), batch_size(9)
+        assert small < fast  # the level really is the one used
+    finally:
+        set_compression_level("lz4", None)  # back to kubevents' default
+    assert aiokafka.codec.lz4_encode.__defaults__ == (9,)  # aiokafka's own function untouched
