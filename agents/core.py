@@ -31,7 +31,7 @@ from typing import Any
 from app import faust_fixes, pipeline
 from app.core_app import app, raw_topic, settings
 from app.enrich import Enricher
-from app.faust_context import current, needs_current
+from app.faust_context import current_for
 from app.kube import KubeClient
 from app.outputs import OutputPublisher, Record
 from tables import counts
@@ -60,15 +60,12 @@ class Batch:
         self.records: list[Record] = []
         self.states: dict[str, tuple[Any, Any]] = {}  # uid -> (event, newest state)
         self.increments: list[tuple[Any, pipeline.Increment]] = []
-        self.set_current = needs_current(seen.table)
 
     def seen_get(self, uid: str, event: Any) -> Any:
         if uid in self.states:
             return self.states[uid][1]
-        if self.set_current:  # a RocksDB store reads the partition's database
-            with current(event):
-                return seen.get(uid, event.message.timestamp)
-        return seen.get(uid, event.message.timestamp)
+        with current_for(seen.table, event):  # a RocksDB store reads the partition's database
+            return seen.get(uid, event.message.timestamp)
 
     async def add(self, event: Any, enricher: Enricher) -> None:
         message = event.message

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from faust import streams
@@ -28,8 +28,11 @@ def current(event: Any) -> Iterator[None]:
         var.reset(token)
 
 
-def needs_current(table: Any) -> bool:
-    """Whether the table's store reads ``current`` (RocksDB keeps one database per partition and
-    picks it from the current event); the memory store is one dict and does not, and the
-    context costs a few microseconds per row."""
-    return not isinstance(table.data, MemoryStore)
+_NOTHING = nullcontext()
+
+
+def current_for(table: Any, event: Any) -> AbstractContextManager[None]:
+    """``current(event)`` where ``table``'s store reads it (RocksDB keeps one database per
+    partition and picks it from the current event); nothing for the memory store, which is one
+    dict: the context costs a few microseconds per row."""
+    return _NOTHING if isinstance(table.data, MemoryStore) else current(event)

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from app.core_app import app, settings
-from app.faust_context import current, needs_current
+from app.faust_context import current_for
 from tables.writer import Row
 
 core = settings.core
@@ -78,16 +78,13 @@ def rows(increments: Iterable[tuple[Any, str, int, float]]) -> list[Row]:
     out: list[Row] = []
     for wrapper in (tumbling, steps):
         table: Any = wrapper.table  # Faust's windowed-table internals are not in its types
-        window, data, set_current = table.window, table.data, needs_current(table)
+        window, data = table.window, table.data
         acc: dict[tuple[str, Any], list[Any]] = {}  # slot -> [event, n, upto, changed]
         for event, key, delta, at in items:
             slot = (row_key(key, event.message.partition), window.current(at))
             entry = acc.get(slot)
             if entry is None:
-                if set_current:  # a RocksDB store reads the partition's database
-                    with current(event):
-                        stored = data.get(slot)
-                else:
+                with current_for(table, event):  # a RocksDB store reads the partition's db
                     stored = data.get(slot)
                 entry = acc[slot] = [event, count_of(stored), _upto(stored), False]
             offset = event.message.offset

@@ -23,7 +23,7 @@ import orjson
 from faust.serializers import codecs
 from faust.types import TP
 
-from app.faust_context import current, needs_current
+from app.faust_context import current_for
 from app.outputs import OutputPublisher
 
 
@@ -46,22 +46,18 @@ class TableWriter:
     async def write(self, rows: Sequence[Row]) -> None:
         """Returns once every row is acknowledged on its changelog and stored."""
         groups: dict[tuple[str, int], list[tuple[bytes, bytes]]] = defaultdict(list)
+        tables: dict[str, Any] = {}  # changelog topic -> its table
         for table, event, key, value in rows:
+            topic = table.changelog_topic.get_topic_name()
+            tables[topic] = table
             # The table's serialisers, as its changelog topic applies them.
-            key_bytes = _dumps(table.key_serializer, key)
-            value_bytes = _dumps(table.value_serializer, value)
-            groups[(table.changelog_topic.get_topic_name(), event.message.partition)].append(
-                (key_bytes, value_bytes)
+            groups[(topic, event.message.partition)].append(
+                (_dumps(table.key_serializer, key), _dumps(table.value_serializer, value))
             )
         offsets = await self._publisher.publish_to(groups)
-        tables: dict[str, Any] = {}
         for table, event, key, value in rows:
-            if needs_current(table):  # a RocksDB store picks the partition's database from it
-                with current(event):
-                    table.data[key] = value
-            else:
+            with current_for(table, event):  # a RocksDB store picks the partition's database
                 table.data[key] = value
             table._maybe_set_key_ttl(key, event.message.partition)
-            tables[table.changelog_topic.get_topic_name()] = table
         for (topic, partition), offset in offsets.items():
             tables[topic].data.set_persisted_offset(TP(topic, partition), offset)
