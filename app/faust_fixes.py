@@ -81,6 +81,15 @@ class _ReadState:
         self.seeks = 0  # seeks to committed offsets done so far
         self.reseek: dict[Any, tuple[int, int]] = {}  # partition -> (offset, times) sought back
 
+    def advance(self, read_offset: Any, seeks: int, nexts: dict[Any, int]) -> None:
+        """Move partitions' read offsets past records handed over, unless a seek happened since
+        they were read (``seeks``): the seek set the next offset itself."""
+        with self.lock:
+            if self.seeks == seeks:
+                read_offset.update(nexts)
+                for tp in nexts:
+                    self.reseek.pop(tp, None)
+
 
 def _state(consumer: Any) -> _ReadState:
     return cast(_ReadState, consumer.__dict__.setdefault("_kubevents_read", _ReadState()))
@@ -227,11 +236,8 @@ class _Batches:
                 handed = False
             if handed:
                 handed = await self._hand_over(_batched[topic][0], records)
-        with state.lock:
-            if handed and state.seeks == self.seeks:
-                consumer._read_offset.update(self.next)
-                for tp in self.next:
-                    state.reseek.pop(tp, None)
+        if handed:
+            state.advance(consumer._read_offset, self.seeks, self.next)
         self.drop()
 
     async def _hand_over(
@@ -242,20 +248,17 @@ class _Batches:
         if suspend_flow.is_set():
             return False
         put = asyncio.ensure_future(hand_over(list(records)))
+        suspended = asyncio.ensure_future(suspend_flow.wait())
+        await asyncio.wait({put, suspended}, return_when=asyncio.FIRST_COMPLETED)
+        suspended.cancel()
         if not put.done():
-            suspended = asyncio.ensure_future(suspend_flow.wait())
-            await asyncio.wait({put, suspended}, return_when=asyncio.FIRST_COMPLETED)
-            suspended.cancel()
-            if not put.done():
-                put.cancel()  # not queued: its records come again after the rebalance's seek
-                with contextlib.suppress(asyncio.CancelledError):
-                    await put
-                return False
+            put.cancel()  # not queued: its records come again after the rebalance's seek
+            with contextlib.suppress(asyncio.CancelledError):
+                await put
+            return False
         if put.cancelled():
             return False
-        error = put.exception()
-        if error is not None:
-            raise error
+        put.result()  # the hand-over's own error, if any, is raised
         return True
 
 
@@ -329,13 +332,9 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
                     await callback(message)
                 else:
                     await self.wait_first(callback(message), self.suspend_flow.wait())
-                fresh = getattr(message, "generation_id", None) == self.app.consumer_generation_id
-                with state.lock:
-                    # A seek meanwhile set the next offset itself; an earlier generation's
-                    # record is skipped by the stream and must come again.
-                    if fresh and state.seeks == seeks:
-                        read_offset[tp] = offset + 1
-                        state.reseek.pop(tp, None)
+                # An earlier generation's record is skipped by the stream and must come again.
+                if getattr(message, "generation_id", None) == self.app.consumer_generation_id:
+                    state.advance(read_offset, seeks, {tp: offset + 1})
             await batches.flush()
             self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
     except self.consumer_stopped_errors:
