@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
@@ -24,7 +24,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.structs import OffsetAndMetadata
 
 from app.errors import UserError
-from app.kafka_producer import set_compression_level
+from app.kafka_producer import RenewingProducer, set_compression_level
 from app.settings import KafkaSettings, TopicSettings
 
 # Keys repeat (every event of one object has its uid) and aiokafka's murmur2 is pure Python:
@@ -128,6 +128,17 @@ def producer_kwargs(kafka: KafkaSettings, client_id: str) -> dict[str, Any]:
         "linger_ms": kafka.linger_ms,
         "max_batch_size": kafka.max_batch_bytes,
     }
+
+
+async def start_producer(kafka: KafkaSettings, client_id: str) -> RenewingProducer:
+    """A started producer with kubevents' settings (replaced if its sender stops for good), or a
+    UserError saying that Kafka cannot be reached."""
+    producer = RenewingProducer(lambda: AIOKafkaProducer(**producer_kwargs(kafka, client_id)))
+    try:
+        await producer.start()
+    except (KafkaConnectionError, KafkaError, OSError) as exc:
+        raise unreachable(kafka, exc) from None
+    return producer
 
 
 def unreachable(kafka: KafkaSettings, exc: Exception) -> UserError:

@@ -79,8 +79,11 @@ class RenewingProducer:
             await asyncio.wait_for(producer.stop(), 10)
 
 
-_ENCODER = {"lz4": ("lz4_encode", "level"), "gzip": ("gzip_encode", "compresslevel")}
-_ENCODER["zstd"] = ("zstd_encode", "level")
+_ENCODER = {  # codec -> (aiokafka's encoder, its level argument)
+    "lz4": ("lz4_encode", "level"),
+    "gzip": ("gzip_encode", "compresslevel"),
+    "zstd": ("zstd_encode", "level"),
+}
 _DEFAULT_LEVEL = {"lz4": 1}
 _BUILDERS = (c_default_records, py_default_records, py_legacy_records)
 

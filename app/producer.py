@@ -11,13 +11,9 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError
-
 from app.election import LeaseElector
 from app.errors import UserError
-from app.kafka import ensure_topics, producer_kwargs, unreachable
-from app.kafka_producer import RenewingProducer
+from app.kafka import ensure_topics, start_producer
 from app.kube import ApiError, KubeClient, explain_api_error
 from app.obs import start_http
 from app.publisher import Publisher
@@ -153,13 +149,7 @@ async def run(settings: Settings) -> int:
     client = KubeClient.from_settings(settings.kubernetes)
     await asyncio.to_thread(preflight, client, settings)
     await ensure_topics(settings.kafka, settings.topics)
-    kafka = RenewingProducer(
-        lambda: AIOKafkaProducer(**producer_kwargs(settings.kafka, "kubevents-producer"))
-    )
-    try:
-        await kafka.start()
-    except (KafkaConnectionError, KafkaError, OSError) as exc:
-        raise unreachable(settings.kafka, exc) from None
+    kafka = await start_producer(settings.kafka, "kubevents-producer")
     loop = asyncio.get_running_loop()
     tune_gc()
     publisher = Publisher(kafka, settings.topics.raw, settings.kafka.max_in_flight_events)

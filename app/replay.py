@@ -13,13 +13,9 @@ import time
 from collections.abc import Iterator
 from typing import IO, Any
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaConnectionError, KafkaError
-
 from app.envelope import build_raw
 from app.errors import UserError
-from app.kafka import ensure_topics, producer_kwargs, unreachable
-from app.kafka_producer import RenewingProducer
+from app.kafka import ensure_topics, start_producer
 from app.publisher import Publisher
 from app.settings import Settings
 
@@ -83,13 +79,7 @@ def _progress(done: int, total: int, started: float) -> None:
 async def replay(settings: Settings, stream: IO[str], name: str, *, progress: bool) -> int:
     events = list(read_events(stream, name))  # validate everything before publishing anything
     await ensure_topics(settings.kafka, settings.topics)
-    kafka = RenewingProducer(
-        lambda: AIOKafkaProducer(**producer_kwargs(settings.kafka, "kubevents-replay"))
-    )
-    try:
-        await kafka.start()
-    except (KafkaConnectionError, KafkaError, OSError) as exc:
-        raise unreachable(settings.kafka, exc) from None
+    kafka = await start_producer(settings.kafka, "kubevents-replay")
     publisher = Publisher(kafka, settings.topics.raw, settings.kafka.max_in_flight_events)
     started = time.monotonic()
     try:

@@ -54,21 +54,21 @@ async def topic_size(brokers: str, topic: str) -> int:
         await consumer.stop()
 
 
-async def create_log_append_time_topic(brokers: str, topic: str, partitions: int) -> None:
-    """A topic whose records carry the broker's append time (ms): a timer that costs the
-    process under test nothing and does not depend on how often anyone polls it."""
+async def create_topic(
+    brokers: str, topic: str, partitions: int, configs: dict[str, str] | None = None
+) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
     await admin.start()
     try:
-        await admin.create_topics(
-            [
-                NewTopic(
-                    topic, partitions, 1, topic_configs={"message.timestamp.type": "LogAppendTime"}
-                )
-            ]
-        )
+        await admin.create_topics([NewTopic(topic, partitions, 1, topic_configs=configs or {})])
     finally:
         await admin.close()
+
+
+async def create_log_append_time_topic(brokers: str, topic: str, partitions: int) -> None:
+    """A topic whose records carry the broker's append time (ms): a timer that costs the
+    process under test nothing and does not depend on how often anyone polls it."""
+    await create_topic(brokers, topic, partitions, {"message.timestamp.type": "LogAppendTime"})
 
 
 async def append_times(brokers: str, topic: str, n: int, timeout_s: float = 120) -> list[int]:

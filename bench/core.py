@@ -29,12 +29,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from app.envelope import build_raw, parse_raw
 from app.normalize import normalize
 from app.settings import TopicSettings
-from bench.common import ROOT, start, wait_metric, wait_topic_size
+from bench.common import ROOT, create_topic, start, wait_metric, wait_topic_size
 
 
 def make_messages(m: int) -> list[tuple[bytes, bytes]]:
@@ -82,12 +81,8 @@ def make_messages(m: int) -> list[tuple[bytes, bytes]]:
 
 
 async def preload(brokers: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
-    await admin.start()
-    try:  # as many partitions as the worker's tables (KUBEVENTS_TOPICS_PARTITIONS default)
-        await admin.create_topics([NewTopic(topic, TopicSettings().partitions, 1)])
-    finally:
-        await admin.close()
+    # as many partitions as the worker's tables (KUBEVENTS_TOPICS_PARTITIONS default)
+    await create_topic(brokers, topic, TopicSettings().partitions)
     producer = AIOKafkaProducer(
         bootstrap_servers=brokers, acks="all", linger_ms=20, max_batch_size=1 << 20
     )
