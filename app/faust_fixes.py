@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
@@ -55,6 +56,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.utils.functional import consecutive_numbers
 
 _original_ack = faust_consumer.Consumer.ack
+_log = logging.getLogger("kubevents.faust_fixes")
 
 
 def _is_stale(consumer: Any, message: Any) -> bool:
@@ -320,6 +322,13 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
                         committed = self._committed_offset[tp]
                         start = expected if committed is None else max(expected, committed)
                         if start < offset:
+                            _log.warning(
+                                "offsets %d..%d of %s are not in the log (compacted or markers);"
+                                " taken as done",
+                                start,
+                                offset - 1,
+                                tp,
+                            )
                             self._gap[tp].addi(start, offset)
                             self._gap[tp].merge_overlaps()
                 if self._commit_every is not None and self._n_acked >= self._commit_every:
