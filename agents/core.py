@@ -23,6 +23,7 @@ now, which reads it again from the committed offset (app/faust_fixes.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Sequence
@@ -126,6 +127,10 @@ def _fault(point: str) -> None:
         os._exit(137)
 
 
+if _FAULT == "slow":  # batches queue up for the agent, and a rebalance's seek lasts 1.5 s
+    faust_fixes.pause_after_seek_s = 1.5
+
+
 class Delivered:
     """A raw record as the core agent handles it: Faust's message, with its key and value."""
 
@@ -136,30 +141,46 @@ class Delivered:
 
 
 # The raw topic's records reach the agent in batches, straight from Faust's fetcher loop
-# (app/faust_fixes.py, deliver_in_batches), through this channel: at most two batches wait.
-batches = app.channel(maxsize=2)
+# (app/faust_fixes.py, deliver_in_batches), through this queue: at most two batches wait. Not a
+# Faust channel: Faust clears the channels' queues when it resumes the flow at the end of a
+# rebalance, right after seeking to the committed offsets, so a batch read from there and handed
+# over in between was cleared with its read offsets already past it: lost until a restart
+# (tests/integration/test_core.py, the join/leave test with KUBEVENTS_CORE_FAULT=slow).
+batches: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=2)
 app.topics.add(raw_topic)  # subscribed as any agent's topic: same group, same assignment
-faust_fixes.deliver_in_batches(
-    settings.topics.raw, lambda messages: batches.send(value=messages), settings.core.batch_size
-)
+faust_fixes.deliver_in_batches(settings.topics.raw, batches.put, settings.core.batch_size)
 
 
-@app.agent(batches, name="core")
-async def core(stream: Any) -> None:
+def _current(messages: list[Any]) -> bool:
+    """A batch read under an earlier generation is skipped: a rebalance happened since, and the
+    seek that follows every rebalance reads its records again (on whichever worker owns them
+    now); they are not acked, so nothing past them is committed meanwhile."""
+    return all(m.generation_id == app.consumer_generation_id for m in messages)
+
+
+async def core() -> None:
     enricher = _enricher()
     publisher = await OutputPublisher.start(settings.kafka, f"{settings.core.app_id}-outputs")
     writer = TableWriter(publisher)
     try:
-        async for messages in stream:
+        while True:
+            messages = await batches.get()
+            if _FAULT == "slow":
+                await asyncio.sleep(0.3)
+            if not _current(messages):
+                continue
             await handle([Delivered(m) for m in messages], enricher, publisher, writer)
             for message in messages:
                 app.consumer.ack(message)  # lets Faust commit up to it (app/faust_fixes.py)
     except Exception as exc:
-        # Faust would restart the agent and read on past the failed batch, leaving its offsets
-        # unacked and the commit stuck until a restart: stop the worker now instead, so that it
-        # is restarted and the batch is processed again.
+        # Going on past the failed batch would leave its offsets unacked and the commit stuck
+        # until a restart: stop the worker now instead, so that it is restarted and the batch
+        # is processed again.
         log.exception("the core agent failed; stopping the worker (nothing past it is committed)")
         await app.crash(exc)
         raise
     finally:
         await publisher.stop()
+
+
+app.task(core)  # started with the worker, once its tables are recovered

@@ -126,8 +126,16 @@ async def _seek_to_committed(self: Any) -> Any:
     return await self.call_thread(_seek_all, self._ensure_consumer(), self.consumer, streamed)
 
 
+# Test-only (KUBEVENTS_CORE_FAULT=slow, agents/core.py): a pause between the seek that ends a
+# rebalance and Faust resuming the flow, where records read from the new position meet the
+# flow's resumption.
+pause_after_seek_s = 0.0
+
+
 async def _perform_seek(self: Any) -> None:
     await self.seek_to_committed()  # read and committed offsets are set by _seek_all
+    if pause_after_seek_s:
+        await asyncio.sleep(pause_after_seek_s)
 
 
 def _new_offset(self: Any, tp: Any) -> int | None:
