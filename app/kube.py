@@ -182,9 +182,11 @@ class KubeClient:
         return resp
 
     def get_json(self, path: str, query: dict[str, Any] | None = None) -> dict[str, Any]:
-        resp = self.request("GET", path, query)
-        doc: dict[str, Any] = orjson.loads(resp.data)
+        doc: dict[str, Any] = orjson.loads(self.get_bytes(path, query))
         return doc
+
+    def get_bytes(self, path: str, query: dict[str, Any] | None = None) -> bytes:
+        return bytes(self.request("GET", path, query).data)
 
     def send_json(self, method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         resp = self.request(method, path, body=body)

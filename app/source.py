@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import orjson
 from prometheus_client import Counter, Gauge
 
 from app.envelope import build_raw, build_raw_many
@@ -39,6 +41,18 @@ Sink = Callable[[Records], None]  # blocks while Kafka is not keeping up
 
 class Gone(Exception):
     """The resourceVersion we hold is too old: list again."""
+
+
+_CONTINUE = re.compile(rb'"continue":"([^"\\]*)"')
+
+
+def continue_token(body: bytes) -> str | None:
+    """A LIST page's continue token, read from the bytes before its items without parsing the
+    page: the API server writes a list's metadata first (Go's field order: kind, apiVersion,
+    metadata, items), so the next page can be requested while this one is parsed."""
+    items = body.find(b'"items":')
+    found = _CONTINUE.search(body, 0, items if items >= 0 else len(body))
+    return found.group(1).decode() if found else None
 
 
 def events_path(api: str, namespace: str | None) -> str:
@@ -82,8 +96,8 @@ class EventSource:
             observed_at=observed_at,
         )
 
-    def _list_page(self, cont: str | None) -> dict[str, Any]:
-        return self.client.get_json(
+    def _list_page(self, cont: str | None) -> bytes:
+        return self.client.get_bytes(
             self.path,
             {**self._selectors, "limit": self.settings.list_page_size, "continue": cont},
         )
@@ -91,10 +105,11 @@ class EventSource:
     def list_all(self) -> str:
         """Publish every event, page by page; return the snapshot's resourceVersion.
 
-        One page is read ahead: while a page is encoded and handed to Kafka, the next one is
-        fetched and parsed by a helper thread (as soon as this page's continue token is known),
-        so the API server's time to produce a page and ours to publish one overlap. Besides the
-        records in flight (bounded by the publisher), at most the page being fetched, the one
+        One page is read ahead: a helper thread fetches the next page as soon as this page's
+        continue token is known, which is before this page is parsed (``continue_token``), so
+        the API server's time to produce a page and ours to parse and publish one overlap: a
+        LIST is a chain of requests, each needing the previous one's token. Besides the records
+        in flight (bounded by the publisher), at most the page being fetched (as bytes), the one
         being encoded and the batch being handed over are held.
         """
         cont: str | None = None
@@ -104,7 +119,7 @@ class EventSource:
             pending = ahead.submit(self._list_page, None)
             while not self.stop.is_set():
                 try:
-                    page = pending.result()
+                    body = pending.result()
                 except ApiError as exc:
                     if exc.status == 410 and cont:  # continue token expired mid-list: start over
                         log.warning("list continue token expired; listing again from the start")
@@ -112,11 +127,18 @@ class EventSource:
                         pending = ahead.submit(self._list_page, None)
                         continue
                     raise
+                early = continue_token(body)
+                if early:
+                    pending = ahead.submit(self._list_page, early)
+                page = orjson.loads(body)
+                del body
                 meta = page.get("metadata") or {}
                 snapshot_rv = snapshot_rv or str(meta.get("resourceVersion") or "")
                 cont = meta.get("continue") or None
-                if cont:
-                    pending = ahead.submit(self._list_page, cont)
+                if cont != early:  # the bytes misled us (never seen): ask for the right page
+                    log.warning("continue token read early did not match the page's; refetching")
+                    if cont:
+                        pending = ahead.submit(self._list_page, cont)
                 items = page.get("items") or []
                 api_version = page.get("apiVersion", "v1")
                 for item in items:  # LIST items omit kind/apiVersion; restore them for consumers

@@ -102,7 +102,9 @@ def test_events_from_several_namespaces_and_their_repeats_all_arrive(
     nss = [create_namespace(api, "pa"), create_namespace(api, "pb")]
     try:
         before = [create_event(api, ns) for ns in nss for _ in range(5)]  # listed at start
-        _, port = start_producer(procs, producer_env(names, nss))
+        # Pages of 2: each namespace's LIST takes three requests chained by continue tokens.
+        env = producer_env(names, nss, KUBEVENTS_PRODUCER_LIST_PAGE_SIZE="2")
+        _, port = start_producer(procs, env)
         wait_watching(port)
         after = [
             create_event(api, ns, type_="Warning", reason="BackOff") for ns in nss for _ in range(5)
@@ -132,6 +134,8 @@ def test_events_from_several_namespaces_and_their_repeats_all_arrive(
             assert rec["kind"] == "kubevents.raw/v1" and rec["cluster"] == "it"
             assert rec["producer"] == "p1" and rec["type"] in ("ADDED", "MODIFIED")
         assert {r["via"] for r in records} == {"list", "watch"}
+        listed = {r["object"]["metadata"]["uid"] for r in records if r["via"] == "list"}
+        assert listed == {e["uid"] for e in before}, "every page of the LIST was published"
         assert metric(port, "kubevents_producer_published_total") >= len(wanted)
     finally:
         for ns in nss:
