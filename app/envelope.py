@@ -11,11 +11,11 @@ Both the producer and ``kubevents replay`` build it here; the core pipeline pars
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import simdjson
 
 from app.timeutil import now_iso
 
@@ -60,6 +60,11 @@ def _envelope(
     }
 
 
+def _head(common: dict[str, Any], api: str) -> bytes:
+    """The envelope up to '"object":' (the object is last, so records are head+object+'}')."""
+    return orjson.dumps({**common, "api": api})[:-1] + b',"object":'
+
+
 def build_raw(
     obj: dict[str, Any],
     *,
@@ -79,30 +84,57 @@ def build_raw(
     return partition_key(obj).encode(), orjson.dumps(value)
 
 
-def build_raw_many(
-    objs: Iterable[dict[str, Any]],
+def _uid(item: Any, involved_field: str) -> str:
+    """``partition_key`` of a LIST item held by simdjson."""
+    involved = item.get(involved_field)
+    uid = involved.get("uid") if isinstance(involved, simdjson.Object) else None
+    if uid:
+        return str(uid)
+    meta = item.get("metadata")
+    return str(meta.get("uid") or "") if isinstance(meta, simdjson.Object) else ""
+
+
+def build_raw_page(
+    body: bytes,
     *,
     watch_type: str,
     via: str,
     cluster: str,
     producer: str,
     observed_at: str | None = None,
-) -> list[tuple[bytes, bytes]]:
-    """``build_raw`` for a page of objects read at one instant, byte for byte the same output.
+) -> tuple[list[tuple[bytes, bytes]], dict[str, Any]]:
+    """``build_raw`` for every item of a LIST page as the API server sent it (bytes), and the
+    page's metadata. This is the producer's hot path.
 
-    The envelope's fields before ``object`` are the same for the whole page: they are encoded
-    once (per API) and only each object is serialised. This is the producer's hot path.
+    Each item goes into its envelope as the JSON it is (minified by simdjson, with the ``kind``
+    and ``apiVersion`` that a LIST's items omit put back), instead of being parsed into Python
+    objects and serialised again: the same records as ``build_raw`` of the parsed items (equal
+    once decoded; string escapes may differ), for ~4 us of CPU per event instead of ~19 with
+    orjson both ways. The envelope's fields before ``object`` are encoded once per page.
     """
-    common = _envelope(watch_type, via, cluster, producer, observed_at)
-    heads: dict[str, bytes] = {}  # the envelope up to '"object":', per API
+    parsed = simdjson.Parser().parse(body)  # one parser per page: it must outlive its objects
+    if not isinstance(parsed, simdjson.Object):
+        raise ValueError("a LIST response that is not a JSON object")
+    doc: Any = parsed  # simdjson's lazy values: typed by what the API server sends
+    meta = doc.get("metadata")
+    api_version = str(doc.get("apiVersion") or "v1")
+    api = api_of({"apiVersion": api_version})
+    involved_field = "regarding" if api == "events.k8s.io/v1" else "involvedObject"
+    head = _head(_envelope(watch_type, via, cluster, producer, observed_at), api)
+    items = doc.get("items") or ()
+    # A LIST's items omit kind and apiVersion; one serializer wrote the page, so the first item
+    # tells for all (asking simdjson for a missing key costs more than the rest of the item).
+    keys = set(items[0].keys()) if items else set()
+    restored = b"" if "kind" in keys else b'"kind":"Event",'
+    if "apiVersion" not in keys:
+        restored += b'"apiVersion":' + orjson.dumps(api_version) + b","
     out: list[tuple[bytes, bytes]] = []
-    for obj in objs:
-        api = api_of(obj)
-        head = heads.get(api)
-        if head is None:
-            head = heads[api] = orjson.dumps({**common, "api": api})[:-1] + b',"object":'
-        out.append((partition_key(obj).encode(), b"".join((head, orjson.dumps(obj), b"}"))))
-    return out
+    for item in items:
+        obj: bytes = item.mini
+        if restored:
+            obj = b"{" + (restored if len(obj) > 2 else restored[:-1]) + obj[1:]
+        out.append((_uid(item, involved_field).encode(), b"".join((head, obj, b"}"))))
+    return out, meta.as_dict() if isinstance(meta, simdjson.Object) else {}
 
 
 @dataclass(frozen=True, slots=True)

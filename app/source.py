@@ -17,10 +17,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import orjson
 from prometheus_client import Counter, Gauge
 
-from app.envelope import build_raw, build_raw_many
+from app.envelope import build_raw, build_raw_page
 from app.kube import ApiError, KubeClient
 from app.settings import ProducerSettings
 from app.timeutil import now_iso
@@ -108,7 +107,9 @@ class EventSource:
         One page is read ahead: a helper thread fetches the next page as soon as this page's
         continue token is known, which is before this page is parsed (``continue_token``), so
         the API server's time to produce a page and ours to parse and publish one overlap: a
-        LIST is a chain of requests, each needing the previous one's token. Besides the records
+        LIST is a chain of requests, each needing the previous one's token. A page becomes
+        records straight from its bytes (``build_raw_page``: no Python objects per item, which
+        cost 4x the CPU). Besides the records
         in flight (bounded by the publisher), at most the page being fetched (as bytes), the one
         being encoded and the batch being handed over are held.
         """
@@ -130,32 +131,24 @@ class EventSource:
                 early = continue_token(body)
                 if early:
                     pending = ahead.submit(self._list_page, early)
-                page = orjson.loads(body)
+                records, meta = build_raw_page(
+                    body,
+                    watch_type="ADDED",
+                    via="list",
+                    cluster=self.cluster,
+                    producer=self.settings.identity,
+                )
                 del body
-                meta = page.get("metadata") or {}
                 snapshot_rv = snapshot_rv or str(meta.get("resourceVersion") or "")
                 cont = meta.get("continue") or None
                 if cont != early:  # the bytes misled us (never seen): ask for the right page
                     log.warning("continue token read early did not match the page's; refetching")
                     if cont:
                         pending = ahead.submit(self._list_page, cont)
-                items = page.get("items") or []
-                api_version = page.get("apiVersion", "v1")
-                for item in items:  # LIST items omit kind/apiVersion; restore them for consumers
-                    item.setdefault("kind", "Event")
-                    item.setdefault("apiVersion", api_version)
-                if items:
-                    self.sink(
-                        build_raw_many(
-                            items,
-                            watch_type="ADDED",
-                            via="list",
-                            cluster=self.cluster,
-                            producer=self.settings.identity,
-                        )
-                    )
-                    LISTED.inc(len(items))
-                del page, items
+                if records:
+                    self.sink(records)
+                    LISTED.inc(len(records))
+                del records
                 if not cont:
                     break
         finally:

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
-from app.envelope import DecodeError, build_raw, build_raw_many, parse_raw, partition_key
+from app.envelope import DecodeError, build_raw, build_raw_page, parse_raw, partition_key
 from tests.fixtures.events import EVENTS_V1, core_event
 
 
@@ -56,13 +57,33 @@ def test_size_limit() -> None:
         parse_raw(b"{" + b" " * 200 + b"}", max_bytes=100)
 
 
-def test_build_raw_many_is_build_raw_byte_for_byte() -> None:
-    objs = [core_event(), EVENTS_V1, core_event(involvedObject={"kind": "Node", "name": "n1"})]
+def list_page(items: list[dict[str, Any]], api_version: str = "v1") -> bytes:
+    """A LIST response as the API server writes it: items without kind and apiVersion."""
+    stripped = [{k: v for k, v in i.items() if k not in ("kind", "apiVersion")} for i in items]
+    meta = {"resourceVersion": "77", "continue": "tok"}
+    return json.dumps(
+        {"kind": "EventList", "apiVersion": api_version, "metadata": meta, "items": stripped}
+    ).encode()  # json, not orjson: the API server escapes <, > and & as \u003c etc.
+
+
+def test_build_raw_page_is_build_raw_of_each_item() -> None:
     at = "2024-05-01T00:00:00.000000Z"
     common = {"watch_type": "ADDED", "via": "list", "cluster": 'c"1', "producer": "p\u00e91"}
-    many = build_raw_many(objs, **common, observed_at=at)
-    assert many == [build_raw(obj, **common, observed_at=at) for obj in objs]
-    raw = parse_raw(many[1][1], max_bytes=1 << 20)
-    assert raw.obj == EVENTS_V1 and raw.cluster == 'c"1'
-    assert json.loads(many[1][1])["api"] == "events.k8s.io/v1"
-    assert build_raw_many([], **common) == []
+    tricky = core_event(message='quote " back \\ <b> & \u00e9 \U0001f600 \x01')
+    no_uid = core_event(involvedObject={"kind": "Node", "name": "n1"})
+    for items, api_version in (
+        ([core_event(), tricky, no_uid], "v1"),
+        ([EVENTS_V1], "events.k8s.io/v1"),
+    ):
+        records, meta = build_raw_page(list_page(items, api_version), **common, observed_at=at)
+        assert meta == {"resourceVersion": "77", "continue": "tok"}
+        expected = [build_raw(obj, **common, observed_at=at) for obj in items]
+        assert [key for key, _ in records] == [key for key, _ in expected]
+        assert [json.loads(v) for _, v in records] == [json.loads(v) for _, v in expected]
+        for _, value in records:
+            raw = parse_raw(value, max_bytes=1 << 20)
+            assert raw.cluster == 'c"1' and raw.via == "list" and raw.obj["kind"] == "Event"
+    assert build_raw_page(list_page([]), **common) == (
+        [],
+        {"resourceVersion": "77", "continue": "tok"},
+    )
