@@ -83,10 +83,11 @@ class Batch:
             self.records.append((TOPIC_NAMES[out.topic], out.key, out.value))
         self.increments.extend((event, inc) for inc in result.increments)
 
-    def _fresh(self, event: Any) -> bool:
+    @staticmethod
+    def _fresh(event: Any) -> bool:
         # Only records of the current generation write rows: an earlier generation's partition
         # may belong to another worker now, which processes its records again.
-        return bool(event.message.generation_id == app.consumer_generation_id)
+        return _this_generation(event.message)
 
     def count_rows(self) -> list[Row]:
         return counts.rows(
@@ -151,11 +152,9 @@ app.topics.add(raw_topic)  # subscribed as any agent's topic: same group, same a
 faust_fixes.deliver_in_batches(settings.topics.raw, batches.put, settings.core.batch_size)
 
 
-def _current(messages: list[Any]) -> bool:
-    """A batch read under an earlier generation is skipped: a rebalance happened since, and the
-    seek that follows every rebalance reads its records again (on whichever worker owns them
-    now); they are not acked, so nothing past them is committed meanwhile."""
-    return all(m.generation_id == app.consumer_generation_id for m in messages)
+def _this_generation(message: Any) -> bool:
+    """Whether ``message`` was read under the consumer's current generation (no rebalance since)."""
+    return bool(message.generation_id == app.consumer_generation_id)
 
 
 async def core() -> None:
@@ -167,7 +166,10 @@ async def core() -> None:
             messages = await batches.get()
             if _FAULT == "slow":
                 await asyncio.sleep(0.3)
-            if not _current(messages):
+            if not all(map(_this_generation, messages)):
+                # Read before a rebalance: the seek that follows every rebalance reads these
+                # records again (on whichever worker owns them now); they are not acked, so
+                # nothing past them is committed meanwhile.
                 continue
             await handle([Delivered(m) for m in messages], enricher, publisher, writer)
             for message in messages:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
-from app.envelope import build_raw, build_raw_page
+from app.envelope import ListPage, build_raw
 from app.kube import ApiError, KubeClient
 from app.settings import ProducerSettings
 from app.timeutil import now_iso
@@ -40,18 +39,6 @@ Sink = Callable[[Records], None]  # blocks while Kafka is not keeping up
 
 class Gone(Exception):
     """The resourceVersion we hold is too old: list again."""
-
-
-_CONTINUE = re.compile(rb'"continue":"([^"\\]*)"')
-
-
-def continue_token(body: bytes) -> str | None:
-    """A LIST page's continue token, read from the bytes before its items without parsing the
-    page: the API server writes a list's metadata first (Go's field order: kind, apiVersion,
-    metadata, items), so the next page can be requested while this one is parsed."""
-    items = body.find(b'"items":')
-    found = _CONTINUE.search(body, 0, items if items >= 0 else len(body))
-    return found.group(1).decode() if found else None
 
 
 def events_path(api: str, namespace: str | None) -> str:
@@ -105,13 +92,13 @@ class EventSource:
         """Publish every event, page by page; return the snapshot's resourceVersion.
 
         One page is read ahead: a helper thread fetches the next page as soon as this page's
-        continue token is known, which is before this page is parsed (``continue_token``), so
-        the API server's time to produce a page and ours to parse and publish one overlap: a
-        LIST is a chain of requests, each needing the previous one's token. A page becomes
-        records straight from its bytes (``build_raw_page``: no Python objects per item, which
-        cost 4x the CPU). Besides the records
-        in flight (bounded by the publisher), at most the page being fetched (as bytes), the one
-        being encoded and the batch being handed over are held.
+        continue token is known, which is before this page's records are built (``ListPage``
+        parses lazily), so the API server's time to produce a page and ours to encode and
+        publish one overlap: a LIST is a chain of requests, each needing the previous one's
+        token. A page becomes records straight from its bytes (``ListPage.raw_records``: no
+        Python objects per item, which cost 4x the CPU). Besides the records in flight (bounded
+        by the publisher), at most the page being fetched (as bytes), the one being encoded and
+        the batch being handed over are held.
         """
         cont: str | None = None
         snapshot_rv = ""
@@ -128,23 +115,19 @@ class EventSource:
                         pending = ahead.submit(self._list_page, None)
                         continue
                     raise
-                early = continue_token(body)
-                if early:
-                    pending = ahead.submit(self._list_page, early)
-                records, meta = build_raw_page(
-                    body,
+                page = ListPage(body)
+                del body
+                snapshot_rv = snapshot_rv or str(page.meta.get("resourceVersion") or "")
+                cont = page.meta.get("continue") or None
+                if cont:
+                    pending = ahead.submit(self._list_page, cont)
+                records = page.raw_records(
                     watch_type="ADDED",
                     via="list",
                     cluster=self.cluster,
                     producer=self.settings.identity,
                 )
-                del body
-                snapshot_rv = snapshot_rv or str(meta.get("resourceVersion") or "")
-                cont = meta.get("continue") or None
-                if cont != early:  # the bytes misled us (never seen): ask for the right page
-                    log.warning("continue token read early did not match the page's; refetching")
-                    if cont:
-                        pending = ahead.submit(self._list_page, cont)
+                del page
                 if records:
                     self.sink(records)
                     LISTED.inc(len(records))

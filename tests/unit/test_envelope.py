@@ -3,9 +3,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import pytest
 
-from app.envelope import DecodeError, build_raw, build_raw_page, parse_raw, partition_key
+from app.envelope import DecodeError, ListPage, build_raw, parse_raw, partition_key
 from tests.fixtures.events import EVENTS_V1, core_event
 
 
@@ -66,7 +67,7 @@ def list_page(items: list[dict[str, Any]], api_version: str = "v1") -> bytes:
     ).encode()  # json, not orjson: the API server escapes <, > and & as \u003c etc.
 
 
-def test_build_raw_page_is_build_raw_of_each_item() -> None:
+def test_a_list_pages_raw_records_are_build_raw_of_each_item() -> None:
     at = "2024-05-01T00:00:00.000000Z"
     common = {"watch_type": "ADDED", "via": "list", "cluster": 'c"1', "producer": "p\u00e91"}
     tricky = core_event(message='quote " back \\ <b> & \u00e9 \U0001f600 \x01')
@@ -75,15 +76,28 @@ def test_build_raw_page_is_build_raw_of_each_item() -> None:
         ([core_event(), tricky, no_uid], "v1"),
         ([EVENTS_V1], "events.k8s.io/v1"),
     ):
-        records, meta = build_raw_page(list_page(items, api_version), **common, observed_at=at)
-        assert meta == {"resourceVersion": "77", "continue": "tok"}
+        page = ListPage(list_page(items, api_version))
+        assert page.meta == {"resourceVersion": "77", "continue": "tok"}
+        records = page.raw_records(**common, observed_at=at)
         expected = [build_raw(obj, **common, observed_at=at) for obj in items]
         assert [key for key, _ in records] == [key for key, _ in expected]
         assert [json.loads(v) for _, v in records] == [json.loads(v) for _, v in expected]
         for _, value in records:
             raw = parse_raw(value, max_bytes=1 << 20)
             assert raw.cluster == 'c"1' and raw.via == "list" and raw.obj["kind"] == "Event"
-    assert build_raw_page(list_page([]), **common) == (
-        [],
-        {"resourceVersion": "77", "continue": "tok"},
+    empty = ListPage(list_page([]))
+    assert empty.raw_records(**common) == []
+    assert empty.meta == {"resourceVersion": "77", "continue": "tok"}
+
+
+def test_the_continue_token_is_the_pages_own_whatever_its_items_say() -> None:
+    token = "eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6NDIsInN0YXJ0IjoiYmVuY2gvZTQ5OVx1MDAwMCJ9"
+    body = orjson.dumps(
+        {"kind": "EventList", "metadata": {"continue": token}, "items": [core_event()]}
     )
+    assert ListPage(body).meta["continue"] == token
+    # The last page has none, even with an item's text holding the same characters.
+    last = {"kind": "EventList", "metadata": {}, "items": [core_event(message='"continue":"x"')]}
+    assert "continue" not in ListPage(orjson.dumps(last)).meta
+    # Metadata after the items (not what the API server writes) is read all the same.
+    assert ListPage(b'{"items":[],"metadata":{"continue":"abc"}}').meta == {"continue": "abc"}
