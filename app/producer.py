@@ -19,6 +19,7 @@ from app.obs import start_http
 from app.publisher import Publisher
 from app.settings import Settings
 from app.source import EventSource, Records, events_path
+from app.testing import faults
 
 log = logging.getLogger("kubevents.producer")
 
@@ -146,6 +147,7 @@ def tune_gc() -> None:
 
 
 async def run(settings: Settings) -> int:
+    faults.configure(settings.faults)
     client = KubeClient.from_settings(settings.kubernetes)
     await asyncio.to_thread(preflight, client, settings)
     await ensure_topics(settings.kafka, settings.topics)

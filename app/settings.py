@@ -195,6 +195,11 @@ class Settings(BaseSettings):
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)  # type: ignore[arg-type]
     producer: ProducerSettings = Field(default_factory=ProducerSettings)  # type: ignore[arg-type]
     core: CoreSettings = Field(default_factory=CoreSettings)  # type: ignore[arg-type]
+    faults: str = Field(
+        "",
+        description="Test only: fault points to fire, POINT=exit|hang|delay:S[@N],... "
+        "(app/testing/faults.py). Empty in production.",
+    )
 
     @classmethod
     def settings_customise_sources(

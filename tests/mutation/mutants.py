@@ -1,0 +1,66 @@
+"""The mutation gate's mutants: deliberately broken variants of the code, each paired with the
+tests that must fail on it. A test that passes with its guarantee broken proves nothing; the gate
+(tests/mutation/gate.py, run by ``make test``) applies each mutant to a copy of the tree, runs only
+its paired tests there, and fails when a mutant survives.
+
+A mutant is a literal replacement of text that must occur exactly once in its file
+(tests/unit/test_mutants.py checks that on every run, so a refactoring that moves the code fails
+fast and says which mutant to update, instead of the gate passing on a no-op mutant).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CORE = "tests/integration/test_core.py"
+PRODUCER = "tests/integration/test_producer.py"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    why: str  # the guarantee it breaks
+    path: str  # file to change, relative to the repository root
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids that must fail on it
+
+
+MUTANTS: list[Mutant] = [
+    Mutant(
+        name="ack-before-publish",
+        why="records are acked (so committed) before their outputs are published: a crash in "
+        "between loses them",
+        path="agents/core.py",
+        old="""            await handle([Delivered(m) for m in messages], enricher, publisher, writer)
+            for message in messages:
+                app.consumer.ack(message)  # lets Faust commit up to it (app/faust_fixes.py)
+""",
+        new="""            for message in messages:
+                app.consumer.ack(message)  # lets Faust commit up to it (app/faust_fixes.py)
+            await handle([Delivered(m) for m in messages], enricher, publisher, writer)
+""",
+        tests=(f"{CORE}::test_sigkill_mid_stream_loses_nothing",),
+    ),
+    Mutant(
+        name="count-row-offset-guard-removed",
+        why="a batch decided again after a crash between count rows and dedupe rows adds its "
+        "increments twice",
+        path="tables/counts.py",
+        old="            if offset > entry[2]:\n",
+        new="            if True:\n",
+        tests=(f"{CORE}::test_worker_dying_between_count_rows_and_dedupe_rows_counts_exactly",),
+    ),
+    Mutant(
+        name="faust-channel-hand-over",
+        why="the historic loss: batches handed to the agent through a Faust channel, whose queue "
+        "Faust clears when it resumes the flow after a rebalance's seek",
+        path="agents/core.py",
+        old="batches: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=2)\n",
+        new="batches: Any = app.channel(maxsize=2)\n",
+        tests=(
+            f"{CORE}::test_workers_joining_and_leaving_under_traffic_lose_nothing_and_count_once"
+            "[slow-agent-and-seek]",
+        ),
+    ),
+]
