@@ -115,5 +115,6 @@ async def point(point: str, n: int = 1, until: Callable[[], bool] | None = None)
         return
     if until is None:
         await asyncio.Event().wait()  # hang: this path never goes on
-    while not until():
+    # A condition on another component's state (no event to await): polled.
+    while not until():  # noqa: ASYNC110
         await asyncio.sleep(0.05)

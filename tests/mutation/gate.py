@@ -58,7 +58,8 @@ def run(mutant: Mutant) -> tuple[str, float, str]:
             check=False,
         )
     tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-    verdict = {0: "SURVIVED", 1: "killed"}.get(result.returncode, f"ERROR (pytest {result.returncode})")
+    verdicts = {0: "SURVIVED", 1: "killed"}
+    verdict = verdicts.get(result.returncode, f"ERROR (pytest {result.returncode})")
     return verdict, time.monotonic() - start, tail
 
 

@@ -13,6 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CORE = "tests/integration/test_core.py"
+HANDLE = "            await handle([Delivered(m) for m in messages], enricher, publisher, writer)\n"
+ACK = """            for message in messages:
+                app.consumer.ack(message)  # lets Faust commit up to it (app/faust_fixes.py)
+"""
 PRODUCER = "tests/integration/test_producer.py"
 
 
@@ -32,14 +36,8 @@ MUTANTS: list[Mutant] = [
         why="records are acked (so committed) before their outputs are published: a crash in "
         "between loses them",
         path="agents/core.py",
-        old="""            await handle([Delivered(m) for m in messages], enricher, publisher, writer)
-            for message in messages:
-                app.consumer.ack(message)  # lets Faust commit up to it (app/faust_fixes.py)
-""",
-        new="""            for message in messages:
-                app.consumer.ack(message)  # lets Faust commit up to it (app/faust_fixes.py)
-            await handle([Delivered(m) for m in messages], enricher, publisher, writer)
-""",
+        old=HANDLE + ACK,
+        new=ACK + HANDLE,
         tests=(f"{CORE}::test_sigkill_mid_stream_loses_nothing",),
     ),
     Mutant(
