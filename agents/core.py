@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from prometheus_client import Counter
 
 from app import faust_fixes, pipeline
 from app.core_app import app, raw_topic, settings
@@ -35,11 +36,17 @@ from app.enrich import Enricher
 from app.faust_context import current_for
 from app.kube import KubeClient
 from app.outputs import OutputPublisher, Record
+from app.testing import faults
 from tables import counts
 from tables.dedupe import seen
 from tables.writer import Row, TableWriter
 
 log = logging.getLogger("kubevents.core")
+
+STALE = Counter(
+    "kubevents_core_stale_records_total",
+    "Records read before a rebalance and left for the seek that follows it to read again.",
+)
 
 TOPIC_NAMES = {"enriched": settings.topics.enriched, "dlq": settings.topics.dlq}
 
@@ -111,25 +118,13 @@ async def handle(
     batch = Batch()
     for event in events:
         await batch.add(event, enricher)
+    await faults.point("core.before-publish", len(events))  # decided, nothing out yet
     await publisher.publish(batch.records)
     # Count rows before dedupe rows: if the worker dies in between, the batch is decided again
     # from the same dedupe state, and the count rows skip the increments they hold already.
     await writer.write(batch.count_rows())
-    _fault("after-count-rows")
+    await faults.point("core.after-count-rows", len(events))
     await writer.write(batch.dedupe_rows())
-
-
-_FAULT = os.environ.get("KUBEVENTS_CORE_FAULT", "")
-
-
-def _fault(point: str) -> None:
-    """Fault injection for the tests (KUBEVENTS_CORE_FAULT=<point>): die at once, as kill -9."""
-    if point == _FAULT:
-        os._exit(137)
-
-
-if _FAULT == "slow":  # batches queue up for the agent, and a rebalance's seek lasts 1.5 s
-    faust_fixes.pause_after_seek_s = 1.5
 
 
 class Delivered:
@@ -146,7 +141,7 @@ class Delivered:
 # Faust channel: Faust clears the channels' queues when it resumes the flow at the end of a
 # rebalance, right after seeking to the committed offsets, so a batch read from there and handed
 # over in between was cleared with its read offsets already past it: lost until a restart
-# (tests/integration/test_core.py, the join/leave test with KUBEVENTS_CORE_FAULT=slow).
+# (tests/integration/test_core.py, the join/leave test's slow-agent-and-seek variant).
 batches: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=2)
 app.topics.add(raw_topic)  # subscribed as any agent's topic: same group, same assignment
 faust_fixes.deliver_in_batches(settings.topics.raw, batches.put, settings.core.batch_size)
@@ -157,6 +152,12 @@ def _this_generation(message: Any) -> bool:
     return bool(message.generation_id == app.consumer_generation_id)
 
 
+def _rebalanced(messages: list[Any]) -> Callable[[], bool]:
+    """Whether a rebalance happened since ``messages`` were read."""
+    generation = messages[0].generation_id
+    return lambda: bool(generation != app.consumer_generation_id)
+
+
 async def core() -> None:
     enricher = _enricher()
     publisher = await OutputPublisher.start(settings.kafka, f"{settings.core.app_id}-outputs")
@@ -164,12 +165,13 @@ async def core() -> None:
     try:
         while True:
             messages = await batches.get()
-            if _FAULT == "slow":
-                await asyncio.sleep(0.3)
+            # Tests hold a batch here until a rebalance, or slow every batch down.
+            await faults.point("core.batch-taken", len(messages), until=_rebalanced(messages))
             if not all(map(_this_generation, messages)):
                 # Read before a rebalance: the seek that follows every rebalance reads these
                 # records again (on whichever worker owns them now); they are not acked, so
                 # nothing past them is committed meanwhile.
+                STALE.inc(len(messages))
                 continue
             await handle([Delivered(m) for m in messages], enricher, publisher, writer)
             for message in messages:

@@ -13,6 +13,7 @@ import faust
 from app import faust_fixes
 from app.kafka import ssl_context
 from app.settings import KafkaSettings, Settings, load_settings
+from app.testing import faults
 
 
 def broker_credentials(kafka: KafkaSettings) -> Any:
@@ -70,6 +71,7 @@ def create_app(settings: Settings) -> faust.App:
 
 faust_fixes.apply()
 settings = load_settings()
+faults.configure(settings.faults)
 app = create_app(settings)
 
 

@@ -55,6 +55,8 @@ from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.utils.functional import consecutive_numbers
 
+from app.testing import faults
+
 _original_ack = faust_consumer.Consumer.ack
 _log = logging.getLogger("kubevents.faust_fixes")
 
@@ -126,16 +128,11 @@ async def _seek_to_committed(self: Any) -> Any:
     return await self.call_thread(_seek_all, self._ensure_consumer(), self.consumer, streamed)
 
 
-# Test-only (KUBEVENTS_CORE_FAULT=slow, agents/core.py): a pause between the seek that ends a
-# rebalance and Faust resuming the flow, where records read from the new position meet the
-# flow's resumption.
-pause_after_seek_s = 0.0
-
-
 async def _perform_seek(self: Any) -> None:
     await self.seek_to_committed()  # read and committed offsets are set by _seek_all
-    if pause_after_seek_s:
-        await asyncio.sleep(pause_after_seek_s)
+    # Tests lengthen the time between the seek that ends a rebalance and Faust resuming the
+    # flow, where records read from the new position meet the flow's resumption.
+    await faults.point("faust.after-seek")
 
 
 def _new_offset(self: Any, tp: Any) -> int | None:

@@ -196,7 +196,7 @@ class Settings(BaseSettings):
     producer: ProducerSettings = Field(default_factory=ProducerSettings)  # type: ignore[arg-type]
     core: CoreSettings = Field(default_factory=CoreSettings)  # type: ignore[arg-type]
     faults: str = Field(
-        "",
+        default="",
         description="Test only: fault points to fire, POINT=exit|hang|delay:S[@N],... "
         "(app/testing/faults.py). Empty in production.",
     )

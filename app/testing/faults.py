@@ -51,12 +51,12 @@ class _Fault:
         return True
 
 
-_faults: dict[str, _Fault] = {}
+_faults: dict[str, list[_Fault]] = {}
 
 
-def parse(spec: str) -> dict[str, _Fault]:
+def parse(spec: str) -> dict[str, list[_Fault]]:
     """``POINT=ACTION[@AFTER],...`` -> faults by point; a ValueError names a malformed entry."""
-    out: dict[str, _Fault] = {}
+    out: dict[str, list[_Fault]] = {}
     for entry in filter(None, (e.strip() for e in spec.split(","))):
         point, sep, rest = entry.partition("=")
         action, _, after = rest.partition("@")
@@ -65,7 +65,7 @@ def parse(spec: str) -> dict[str, _Fault]:
             raise ValueError(
                 f"bad fault {entry!r}: expected POINT=exit|hang|delay:SECONDS[@AFTER_RECORDS]"
             )
-        out[point.strip()] = _Fault(kind, int(after or 0), float(arg or 0))
+        out.setdefault(point.strip(), []).append(_Fault(kind, int(after or 0), float(arg or 0)))
     return out
 
 
@@ -77,44 +77,40 @@ def configure(spec: str) -> None:
         log.warning("test fault points armed: %s", spec)
 
 
-def _fire(point: str, n: int) -> _Fault | None:
-    fault = _faults.get(point)
-    if fault is None or not fault.fires(n):
-        return None
-    HITS.labels(point).inc()
-    log.warning("fault point %s fired: %s", point, fault.action)
-    if fault.action == "exit":
-        logging.shutdown()
-        os._exit(137)
-    return fault
+def _fire(point: str, n: int) -> list[_Fault]:
+    fired = [fault for fault in _faults.get(point, ()) if fault.fires(n)]
+    for fault in fired:
+        HITS.labels(point).inc()
+        log.warning("fault point %s fired: %s", point, fault.action)
+        if fault.action == "exit":
+            logging.shutdown()
+            os._exit(137)
+    return fired
 
 
 def hit(point: str, n: int = 1, until: Callable[[], bool] | None = None) -> None:
     """A fault point in blocking code (a thread): ``n`` records are going past it."""
     if not _faults:
         return
-    fault = _fire(point, n)
-    if fault is None:
-        return
-    if fault.action == "delay":
-        time.sleep(fault.seconds)
-        return
-    while until is None or not until():  # hang
-        time.sleep(0.05)
+    for fault in _fire(point, n):
+        if fault.action == "delay":
+            time.sleep(fault.seconds)
+            continue
+        while until is None or not until():  # hang
+            time.sleep(0.05)
 
 
 async def point(point: str, n: int = 1, until: Callable[[], bool] | None = None) -> None:
     """A fault point on the event loop: ``n`` records are going past it."""
     if not _faults:
         return
-    fault = _fire(point, n)
-    if fault is None:
-        return
-    if fault.action == "delay":
-        await asyncio.sleep(fault.seconds)
-        return
-    if until is None:
-        await asyncio.Event().wait()  # hang: this path never goes on
-    # A condition on another component's state (no event to await): polled.
-    while not until():  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
+    for fault in _fire(point, n):
+        if fault.action == "delay":
+            await asyncio.sleep(fault.seconds)
+            continue
+        if until is None:
+            await asyncio.Event().wait()  # hang: this path never goes on
+            continue
+        # A condition on another component's state (no event to await): polled.
+        while not until():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)

@@ -215,5 +215,47 @@ def produce(brokers: str, topic: str, messages: list[tuple[bytes, bytes | None]]
     asyncio.run(run())
 
 
+def committed(brokers: str, group: str, topic: str) -> dict[int, int]:
+    """The consumer group's committed offsets on ``topic``: partition -> next offset to read."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    async def run() -> dict[int, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
+        await admin.start()
+        try:
+            offsets = await admin.list_consumer_group_offsets(group)
+        finally:
+            await admin.close()
+        return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+    return asyncio.run(run())
+
+
+def settled_commits(brokers: str, group: str, topic: str, timeout: float = 30) -> int:
+    """Records committed on ``topic`` once the group's commits stop moving (Faust commits acked
+    offsets every second): waits for two equal readings 1.5 s apart."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while True:
+        total = sum(committed(brokers, group, topic).values())
+        if total == last:
+            return total
+        assert time.monotonic() < deadline, "the group's commits never settled"
+        last = total
+        time.sleep(1.5)
+
+
+def wait_metric(port: int, name: str, at_least: float, timeout: float = 60) -> float:
+    """Poll a kubevents /metrics until ``name`` reaches ``at_least``: a fault landed, a stage
+    got so far."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = metric(port, name)
+        if value >= at_least:
+            return value
+        assert time.monotonic() < deadline, f"{name} stayed at {value} < {at_least}"
+        time.sleep(0.2)
+
+
 def json_values(messages: list[tuple[bytes | None, bytes | None, int]]) -> list[dict[str, Any]]:
     return [json.loads(v) for _, v, _ in messages if v is not None]

@@ -21,6 +21,7 @@ from app.envelope import build_raw
 from tests.fixtures.events import EVENTS_V1, core_event
 from tests.integration.conftest import (
     Proc,
+    committed,
     consume,
     free_port,
     get_json,
@@ -28,7 +29,9 @@ from tests.integration.conftest import (
     kafka_ctl,
     metric,
     produce,
+    settled_commits,
     wait_http,
+    wait_metric,
 )
 from tests.integration.kube_helpers import create_namespace, delete_namespace
 
@@ -170,23 +173,34 @@ def test_messy_raw_stream_gives_exactly_the_expected_outputs(
 def test_sigkill_mid_stream_loses_nothing(
     brokers: str, names: dict[str, str], procs: list[Proc], tmp_path: Path
 ) -> None:
-    """With the production store (RocksDB) kept on disk across the kill, as on a volume."""
+    """SIGKILL with records verifiably in flight: the worker stops at a batch it has decided
+    and not yet published (fault point core.before-publish, once 40 % of the records are
+    through), its commits settle, it is killed; the restarted worker must read again exactly
+    what was not committed. With the production store (RocksDB) kept on disk, as on a volume.
+    Kills the mutant that acks records before publishing them (tests/mutation)."""
     n = 3000
     messages = []
     for i in range(n):
         messages.append(raw(event(f"k{i}", 10, 1, reason=f"R{i % 5}"), "ADDED"))
         if i % 3 == 0:
             messages.append(raw(event(f"k{i}", 11, 2, reason=f"R{i % 5}")))
+    total = len(messages)
     produce(brokers, names["KUBEVENTS_TOPICS_RAW"], messages)
     env = worker_env(
-        names, KUBEVENTS_CORE_STORE="rocksdb://", KUBEVENTS_CORE_DATA_DIR=str(tmp_path / "data")
+        names,
+        KUBEVENTS_CORE_STORE="rocksdb://",
+        KUBEVENTS_CORE_DATA_DIR=str(tmp_path / "data"),
+        KUBEVENTS_CORE_BATCH_SIZE="200",
     )
-    start_worker(procs, env, "core-a")
-    deadline = time.monotonic() + 60
-    while len(consume(brokers, names["KUBEVENTS_TOPICS_ENRICHED"], idle_s=1)) < n // 3:
-        assert time.monotonic() < deadline
+    port = start_worker(
+        procs, {**env, "KUBEVENTS_FAULTS": f"core.before-publish=hang@{total * 2 // 5}"}, "core-a"
+    )
+    wait_metric(port, "kubevents_fault_hits_total", 1)
+    group, topic = names["KUBEVENTS_CORE_APP_ID"], names["KUBEVENTS_TOPICS_RAW"]
+    commits = settled_commits(brokers, group, topic)
+    decided = metric(port, "kubevents_core_records_total")
     procs[-1].kill()
-    start_worker(procs, env, "core-b")
+    port_b = start_worker(procs, env, "core-b")
     expected = {(f"k{i}", "10") for i in range(n)} | {(f"k{i}", "11") for i in range(0, n, 3)}
     deadline = time.monotonic() + 180
     while True:
@@ -196,9 +210,15 @@ def test_sigkill_mid_stream_loses_nothing(
             break
     missing = expected - set(seen)
     assert not missing, f"lost {len(missing)} versions, e.g. {sorted(missing)[:3]}"
-    repeats = sum(c - 1 for c in seen.values())
-    print(f"SIGKILL of a core worker: {len(expected)} versions, {repeats} exact repeats re-emitted")
     assert set(seen) == expected, "nothing but the expected versions"
+    redone = wait_metric(port_b, "kubevents_core_records_total", total - commits)
+    print(
+        f"SIGKILL of a core worker: {total} records, {decided:.0f} decided and {commits}"
+        f" committed at the kill, {redone:.0f} read again by the next worker"
+    )
+    assert 0.2 * total <= commits <= 0.7 * total, "the kill landed mid-stream"
+    assert decided > commits, "records were decided but not committed when it was killed"
+    assert redone == total - commits, "the next worker read exactly what was not committed"
 
 
 def test_owner_chain_and_labels_of_real_objects(
@@ -284,39 +304,61 @@ def wait_counts(port: int, total: int, timeout: float = 60) -> dict[str, Any]:
         time.sleep(1)
 
 
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"], ids=["memory", "rocksdb"])
 def test_two_workers_share_partitions_and_survive_the_death_of_one(
-    brokers: str, names: dict[str, str], procs: list[Proc], tmp_path: Path
+    brokers: str, names: dict[str, str], procs: list[Proc], tmp_path: Path, store: str
 ) -> None:
-    env = worker_env(names)
-    port_a = start_worker(procs, env, "core-a")
-    start_worker(procs, env, "core-b")
+    """Worker b handles a first stream alone, a joins and takes half of b's partitions with
+    their table state, then b is SIGKILLed with records verifiably in flight: it stops at its
+    first batch of the second stream, decided and not published (fault point
+    core.before-publish). a must take b's partitions back with the rows b wrote, read b's
+    records in flight again, and let no duplicate of the first stream pass."""
+    env = worker_env(names, KUBEVENTS_CORE_STORE=store)
+    group, topic = names["KUBEVENTS_CORE_APP_ID"], names["KUBEVENTS_TOPICS_RAW"]
+    n = 200
+    port_b = start_worker(
+        procs,
+        {**env, "KUBEVENTS_FAULTS": f"core.before-publish=hang@{n}"},
+        "core-b",
+        tmp_path / "b",
+    )
+    first = [raw(event(f"s{i}", 5, 1, involved=str(uuid.uuid4())), "ADDED") for i in range(n)]
+    produce(brokers, topic, first)
+    before = wait_uids(brokers, names["KUBEVENTS_TOPICS_ENRICHED"], {f"s{i}" for i in range(n)})
+    assert settled_commits(brokers, group, topic) == n
+    port_a = start_worker(procs, env, "core-a", tmp_path / "a")
     deadline = time.monotonic() + 60
     while get_json(f"http://127.0.0.1:{port_a}/counts/")["workers"] != 2:
         assert time.monotonic() < deadline, "the second worker never joined the group"
         time.sleep(1)
-    first = [raw(event(f"s{i}", 5, 1, involved=str(uuid.uuid4())), "ADDED") for i in range(200)]
-    produce(brokers, names["KUBEVENTS_TOPICS_RAW"], first)
-    uids = wait_uids(brokers, names["KUBEVENTS_TOPICS_ENRICHED"], {f"s{i}" for i in range(200)})
-    # Records in flight while the group rebalanced may be emitted twice (at-least-once).
-    print(f"two workers: {sum(uids.values()) - len(uids)} exact repeats during the rebalance")
-    both = wait_counts(port_a, 200)
+    both = wait_counts(port_a, n)
     assert both["workers"] == 2, "the answer merges both workers' partitions"
-    procs[-1].kill()  # worker b dies; a takes its partitions and their table state
-    # Duplicates of everything already seen (a producer re-list): none may pass again.
-    produce(brokers, names["KUBEVENTS_TOPICS_RAW"], first)
-    # Then new events on every partition: once all are out, every duplicate was processed.
+    # Duplicates of everything already seen (a producer re-list), then new events: b stops at
+    # its first batch of them.
+    mid = [raw(event(f"m{i}", 6, 1, involved=str(uuid.uuid4())), "ADDED") for i in range(n)]
+    produce(brokers, topic, first + mid)
+    wait_metric(port_b, "kubevents_fault_hits_total", 1)
+    commits = settled_commits(brokers, group, topic)
+    in_flight = metric(port_b, "kubevents_core_records_total") - n  # b decided, not committed
+    done_by_a = metric(port_a, "kubevents_core_records_total")
+    procs[0].kill()  # b dies; a takes its partitions and their table state
     after = [raw(event(f"after{i}", 7, 1, involved=str(uuid.uuid4())), "ADDED") for i in range(20)]
-    produce(brokers, names["KUBEVENTS_TOPICS_RAW"], after)
-    before = uids
-    uids = wait_uids(brokers, names["KUBEVENTS_TOPICS_ENRICHED"], {f"after{i}" for i in range(20)})
-    # Records in flight when the survivor took over may come out twice (at-least-once).
-    repeats = sum(uids[f"after{i}"] - 1 for i in range(20))
-    print(f"failover: {repeats} exact repeats of records in flight during the takeover")
-    assert all(uids[f"s{i}"] == before[f"s{i}"] for i in range(200)), (
+    produce(brokers, topic, after)
+    wanted = {f"m{i}" for i in range(n)} | {f"after{i}" for i in range(20)}
+    uids = wait_uids(brokers, names["KUBEVENTS_TOPICS_ENRICHED"], wanted)
+    redone = metric(port_a, "kubevents_core_records_total") - done_by_a
+    print(
+        f"failover ({store}): {in_flight:.0f} records decided by b and not committed at its"
+        f" death ({commits} of {3 * n} committed), {redone:.0f} records read by a after it,"
+        f" {sum(uids[u] - 1 for u in wanted)} exact repeats"
+    )
+    assert in_flight > 0 and commits <= 3 * n - in_flight, "b died with records in flight"
+    assert redone >= 3 * n - commits + len(after), "a read again all that b had not committed"
+    assert all(uids[f"s{i}"] == before[f"s{i}"] == 1 for i in range(n)), (
         "a re-list after the failover passed nothing again: the dedupe state moved with the "
         "partitions"
     )
-    survivor = wait_counts(port_a, 220)
+    survivor = wait_counts(port_a, 2 * n + len(after))
     assert survivor["workers"] == 1 and not survivor["unreachable_workers"]
 
 
@@ -325,30 +367,48 @@ def test_worker_dying_between_count_rows_and_dedupe_rows_counts_exactly(
 ) -> None:
     """The worst place to die: a batch's outputs are out and its count rows are on the
     changelog, its dedupe rows are not. The next worker decides the batch again from the same
-    dedupe rows; the count rows must not take its increments twice."""
+    dedupe rows; the count rows must not take its increments twice. The worker dies in the
+    second half of the stream, after the first half was committed (so a commit-order bug would
+    show), at fault point core.after-count-rows."""
     n = 300
     messages = []
     for i in range(n):
         messages.append(raw(event(f"f{i}", 10, 1, reason=f"R{i % 3}"), "ADDED"))
         if i % 3 == 0:
             messages.append(raw(event(f"f{i}", 11, 3, reason=f"R{i % 3}")))  # adds 2
-    produce(brokers, names["KUBEVENTS_TOPICS_RAW"], messages)
+    half = len(messages) // 2
+    group, topic = names["KUBEVENTS_CORE_APP_ID"], names["KUBEVENTS_TOPICS_RAW"]
+    produce(brokers, topic, messages[:half])
     occurrences = n + 2 * len(range(0, n, 3))
     env = worker_env(names, KUBEVENTS_CORE_BATCH_SIZE="50")
+    doomed_port = free_port()
     doomed = Proc(
         ["worker", "--pipeline", "core"],
         {
             **env,
-            "KUBEVENTS_CORE_WEB_PORT": str(free_port()),
-            "KUBEVENTS_CORE_FAULT": "after-count-rows",
+            "KUBEVENTS_CORE_WEB_PORT": str(doomed_port),
+            "KUBEVENTS_FAULTS": f"core.after-count-rows=exit@{half}",
         },
         "core-doomed",
     )
     procs.append(doomed)
+    wait_http(f"http://127.0.0.1:{doomed_port}/readyz", timeout=120)
+    deadline = time.monotonic() + 60
+    while sum(committed(brokers, group, topic).values()) < half:
+        assert doomed.proc.poll() is None, doomed.output()[-2000:]
+        assert time.monotonic() < deadline, "the first half was never committed"
+        time.sleep(0.5)
+    produce(brokers, topic, messages[half:])
     assert doomed.proc.wait(120) == 137, doomed.output()[-2000:]
+    assert "fault point core.after-count-rows fired" in doomed.output()
+    at_death = sum(committed(brokers, group, topic).values())
+    assert half <= at_death < len(messages)
     port = start_worker(procs, env, "core-after")
     uids = wait_uids(brokers, names["KUBEVENTS_TOPICS_ENRICHED"], {f"f{i}" for i in range(n)})
-    print(f"death between count and dedupe rows: {sum(uids.values()) - n - n // 3} exact repeats")
+    print(
+        f"death between count and dedupe rows after {at_death} of {len(messages)} records were"
+        f" committed: {sum(uids.values()) - n - n // 3} exact repeats"
+    )
     wait_counts(port, occurrences)
     time.sleep(3)  # nothing more arrives later either
     wait_counts(port, occurrences, timeout=0)
@@ -383,16 +443,29 @@ def test_kafka_stopped_and_restarted_under_a_worker_loses_nothing_and_counts_onc
     wait_counts(port, len(uids) + len(more), timeout=120)
 
 
-@pytest.mark.parametrize("fault", ["", "slow"], ids=["plain", "slow-agent-and-seek"])
+SLOW = "core.batch-taken=delay:0.3,faust.after-seek=delay:1.5"
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [("", "memory://"), (SLOW, "memory://"), ("", "rocksdb://")],
+    ids=["plain", "slow-agent-and-seek", "rocksdb"],
+)
 def test_workers_joining_and_leaving_under_traffic_lose_nothing_and_count_once(
-    brokers: str, names: dict[str, str], procs: list[Proc], fault: str
+    brokers: str, names: dict[str, str], procs: list[Proc], tmp_path: Path, variant: tuple[str, str]
 ) -> None:
-    """Records keep arriving while a second and a third worker join and one leaves: every
-    rebalance happens with records in flight, prefetched and half-processed. "slow": batches
-    wait for a slow agent and each rebalance's seek lasts 1.5 s, so that records read from the
-    sought position are handed over when Faust resumes the flow (and used to be cleared)."""
-    env = worker_env(names, KUBEVENTS_CORE_FAULT=fault)
-    port_a = start_worker(procs, env, "core-a")
+    """Records keep arriving while a second and a third worker join and one leaves. The first
+    worker holds a batch it has taken until the second one's join rebalances the group (fault
+    point core.batch-taken), so a rebalance meets records in flight every time (asserted: that
+    batch is left for the seek to read again). "slow": batches wait for a slow agent and each
+    rebalance's seek lasts 1.5 s, so that records read from the sought position are handed over
+    when Faust resumes the flow (and used to be cleared: the Faust-channel mutant)."""
+    faults, store = variant
+    env = worker_env(names, KUBEVENTS_CORE_STORE=store)
+    if faults:
+        env["KUBEVENTS_FAULTS"] = faults
+    held = ",".join(filter(None, ["core.batch-taken=hang@100", faults]))
+    port_a = start_worker(procs, {**env, "KUBEVENTS_FAULTS": held}, "core-a", tmp_path / "a")
     sent: list[str] = []
     stop = threading.Event()
 
@@ -409,25 +482,38 @@ def test_workers_joining_and_leaving_under_traffic_lose_nothing_and_count_once(
             i += 10
             time.sleep(0.1)
 
+    def traffic(port: int, more: float) -> None:
+        """Wait until the worker on ``port`` has decided ``more`` records (traffic goes on)."""
+        wait_metric(
+            port,
+            "kubevents_core_records_total",
+            metric(port, "kubevents_core_records_total") + more,
+        )
+
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
     try:
-        time.sleep(2)
-        start_worker(procs, env, "core-b")
-        time.sleep(2)
-        start_worker(procs, env, "core-c")
+        wait_metric(port_a, "kubevents_fault_hits_total", 1)  # a holds a batch: b joins now
+        port_b = start_worker(procs, env, "core-b", tmp_path / "b")
+        wait_metric(port_a, "kubevents_core_stale_records_total", 1)
+        traffic(port_b, 20)
+        start_worker(procs, env, "core-c", tmp_path / "c")
         deadline = time.monotonic() + 90
         while get_json(f"http://127.0.0.1:{port_a}/counts/")["workers"] != 3:
             assert time.monotonic() < deadline, "the workers never formed one group"
             time.sleep(1)
         procs[-1].stop()  # c leaves cleanly (SIGTERM): another rebalance under traffic
-        time.sleep(3)
+        traffic(port_a, 20)
     finally:
         stop.set()
         feeder.join()
     uids = wait_uids(brokers, names["KUBEVENTS_TOPICS_ENRICHED"], set(sent), timeout=180)
     repeats = sum(uids.values()) - len(uids)
-    print(f"join/leave under traffic: {len(sent)} records, {repeats} exact repeats re-emitted")
+    stale = metric(port_a, "kubevents_core_stale_records_total")
+    print(
+        f"join/leave under traffic ({store}{', slow' if faults else ''}): {len(sent)} records,"
+        f" {stale:.0f} held at a rebalance and read again, {repeats} exact repeats re-emitted"
+    )
     assert set(uids) == set(sent)
     # Repeats are outputs of records processed again after a rebalance; they must not count.
     assert sum(r["count"] for r in wait_counts(port_a, len(sent))["rows"]) == len(sent)
