@@ -245,6 +245,15 @@ def settled_commits(brokers: str, group: str, topic: str, timeout: float = 30) -
         time.sleep(1.5)
 
 
+def wait_committed(brokers: str, group: str, topic: str, total: int, timeout: float = 180) -> None:
+    """Wait until the group has committed ``total`` records of ``topic``: a worker commits a
+    record only once its outputs are acknowledged, so everything is out by then."""
+    deadline = time.monotonic() + timeout
+    while (done := sum(committed(brokers, group, topic).values())) < total:
+        assert time.monotonic() < deadline, f"only {done} of {total} records were committed"
+        time.sleep(0.5)
+
+
 def wait_metric(port: int, name: str, at_least: float, timeout: float = 60) -> float:
     """Poll a kubevents /metrics until ``name`` reaches ``at_least``: a fault landed, a stage
     got so far."""

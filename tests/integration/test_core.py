@@ -30,6 +30,7 @@ from tests.integration.conftest import (
     metric,
     produce,
     settled_commits,
+    wait_committed,
     wait_http,
     wait_metric,
 )
@@ -202,12 +203,9 @@ def test_sigkill_mid_stream_loses_nothing(
     procs[-1].kill()
     port_b = start_worker(procs, env, "core-b")
     expected = {(f"k{i}", "10") for i in range(n)} | {(f"k{i}", "11") for i in range(0, n, 3)}
-    deadline = time.monotonic() + 180
-    while True:
-        records = json_values(consume(brokers, names["KUBEVENTS_TOPICS_ENRICHED"], idle_s=3))
-        seen = Counter((r["uid"], r["resource_version"]) for r in records)
-        if expected <= set(seen) or time.monotonic() > deadline:
-            break
+    wait_committed(brokers, group, topic, total)  # all acked: their outputs are out
+    records = json_values(consume(brokers, names["KUBEVENTS_TOPICS_ENRICHED"], idle_s=2))
+    seen = Counter((r["uid"], r["resource_version"]) for r in records)
     missing = expected - set(seen)
     assert not missing, f"lost {len(missing)} versions, e.g. {sorted(missing)[:3]}"
     assert set(seen) == expected, "nothing but the expected versions"
@@ -352,11 +350,12 @@ def test_two_workers_share_partitions_and_survive_the_death_of_one(
         f" death ({commits} of {3 * n} committed), {redone:.0f} records read by a after it,"
         f" {sum(uids[u] - 1 for u in wanted)} exact repeats"
     )
-    assert in_flight > 0 and commits <= 3 * n - in_flight, "b died with records in flight"
-    assert redone >= 3 * n - commits + len(after), "a read again all that b had not committed"
-    assert all(uids[f"s{i}"] == before[f"s{i}"] == 1 for i in range(n)), (
-        "a re-list after the failover passed nothing again: the dedupe state moved with the "
-        "partitions"
+    assert in_flight > 0, "b died with records decided and not committed"
+    assert redone >= in_flight + len(after), "a read again what b had not committed"
+    again = sorted(u for u in before if uids[u] != 1 or before[u] != 1)
+    assert not again, (
+        f"a re-list after the failover passes nothing again (the dedupe state moved with the"
+        f" partitions), but {again[:10]} came out twice"
     )
     survivor = wait_counts(port_a, 2 * n + len(after))
     assert survivor["workers"] == 1 and not survivor["unreachable_workers"]
