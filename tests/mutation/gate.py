@@ -57,7 +57,11 @@ def run(mutant: Mutant) -> tuple[str, float, str]:
             text=True,
             check=False,
         )
-    tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    # Why it was killed: the first assertion lines (a kill for the wrong reason, say a crash at
+    # start-up, shows here), else pytest's tail.
+    why = [line for line in lines if line.startswith("E ")][:4]
+    tail = "\n".join(why or lines[-15:])
     verdicts = {0: "SURVIVED", 1: "killed"}
     verdict = verdicts.get(result.returncode, f"ERROR (pytest {result.returncode})")
     return verdict, time.monotonic() - start, tail
@@ -79,8 +83,7 @@ def main() -> int:
         verdict, seconds, tail = run(mutant)
         results.append((mutant, verdict, seconds))
         print(f"mutant {mutant.name}: {verdict} in {seconds:.0f} s", flush=True)
-        if verdict != "killed":
-            print("    " + tail.replace("\n", "\n    "), flush=True)
+        print("    " + tail.replace("\n", "\n    "), flush=True)
     print("\nmutation gate")
     print(f"{'mutant':34} {'result':20} {'time':>6}  tests")
     for mutant, verdict, seconds in results:
