@@ -486,11 +486,15 @@ def test_workers_joining_and_leaving_under_traffic_lose_nothing_and_count_once(
 
     def traffic(port: int, more: float) -> None:
         """Wait until the worker on ``port`` has decided ``more`` records (traffic goes on)."""
-        wait_metric(
-            port,
-            "kubevents_core_records_total",
-            metric(port, "kubevents_core_records_total") + more,
-        )
+        name = "kubevents_core_records_total"
+        before = metric(port, name)
+        try:
+            wait_metric(port, name, before + more)
+        except AssertionError:
+            raise AssertionError(
+                f"the worker on port {port} stopped deciding records at {before:.0f} while they"
+                " kept arriving: its batches never reached the agent"
+            ) from None
 
     feeder = threading.Thread(target=feed, daemon=True)
     feeder.start()
