@@ -6,13 +6,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 TIMED := scripts/timed
 
-.PHONY: help venv stack stack-down lint typecheck unit integration test demo lock bench clean
+.PHONY: help venv stack stack-down lint typecheck unit integration test mutants demo lock bench clean
 
 help:
 	@echo "make demo        bring the stack up and run the pipeline on a live cluster"
 	@echo "make test        lint, type-check and run every test against the real stack"
 	@echo "make stack       start Kafka, Elasticsearch, MariaDB and Kubernetes (first run builds)"
 	@echo "make stack-down  stop them"
+	@echo "make mutants     the mutation gate: broken copies of the code that the tests must catch"
 	@echo "make bench       run the benchmark scripts (producer, core)"
 	@echo "make lock        re-pin requirements.lock from pyproject.toml"
 
@@ -52,6 +53,12 @@ test:
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory typecheck
 	@$(TIMED) "pytest (unit + integration)" bash -c 'source .stack/env && $(PY) -m pytest tests -q -p no:cacheprovider -rfE'
+	@$(MAKE) --no-print-directory mutants
+
+# The mutation gate: deliberately broken copies of the code, each of which its paired tests must
+# fail on (tests/mutation/mutants.py). Part of make test.
+mutants: venv stack
+	@$(TIMED) "mutation gate" bash -c 'source .stack/env && $(PY) -m tests.mutation.gate'
 
 demo: venv stack
 	@bash -c 'source .stack/env && $(PY) scripts/demo.py'
