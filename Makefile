@@ -52,7 +52,7 @@ test:
 	@$(MAKE) --no-print-directory stack
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory typecheck
-	@$(TIMED) "pytest (unit + integration)" bash -c 'source .stack/env && $(PY) -m pytest tests -q -p no:cacheprovider -rfE'
+	@$(TIMED) "pytest (unit + integration)" bash -c 'source .stack/env && $(PY) -m pytest tests -q -p no:cacheprovider -rfE --durations=15'
 	@$(MAKE) --no-print-directory mutants
 
 # The mutation gate: deliberately broken copies of the code, each of which its paired tests must
