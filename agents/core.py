@@ -16,115 +16,34 @@ counted, tables/counts.py); after 3 the versions are known and a redelivery pass
 counts nothing. The table never runs ahead of the outputs, so a version is never dropped as "seen"
 without having been published.
 
-Records fetched under an earlier consumer generation (a rebalance happened meanwhile) are
-published but write no table rows and are not acked: the partition may belong to another worker
-now, which reads it again from the committed offset (app/faust_fixes.py).
+It runs on the batch loop every pipeline shares (app/worker/batch_loop.py: generation check,
+ack after the handler returns, crash on an unexpected error). Records of a batch whose consumer
+generation changed while it was handled (a rebalance meanwhile) are published but write no table
+rows, and their acks are not recorded (app/faust_fixes.py): the partition may belong to another
+worker now, which reads them again from the committed offset.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import Counter
-
-from app import faust_fixes, pipeline
-from app.core_app import app, raw_topic, settings
+from app import pipeline, views
 from app.enrich import Enricher
 from app.faust_context import current_for
 from app.kube import KubeClient
 from app.outputs import OutputPublisher, Record
+from app.settings import Settings
 from app.testing import faults
-from tables import counts
-from tables.dedupe import seen
+from app.worker.app import bytes_topic
+from app.worker.batch_loop import BatchLoop
+from tables import dedupe
+from tables.counts import Counts
+from tables.expiring import ExpiringMap
 from tables.writer import Row, TableWriter
 
 log = logging.getLogger("kubevents.core")
-
-STALE = Counter(
-    "kubevents_core_stale_records_total",
-    "Records read before a rebalance and left for the seek that follows it to read again.",
-)
-
-TOPIC_NAMES = {"enriched": settings.topics.enriched, "dlq": settings.topics.dlq}
-
-
-def _enricher() -> Enricher:
-    client = None
-    if settings.core.owner_lookup:
-        try:
-            client = KubeClient.from_settings(settings.kubernetes)
-        except Exception as exc:  # no kubeconfig: run without owner lookups, and say so
-            log.warning("owner lookups disabled: %s", exc)
-    return Enricher(settings.core, client)
-
-
-class Batch:
-    """What one batch decided: outputs to publish, then table writes."""
-
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-        self.states: dict[str, tuple[Any, Any]] = {}  # uid -> (event, newest state)
-        self.increments: list[tuple[Any, pipeline.Increment]] = []
-
-    def seen_get(self, uid: str, event: Any) -> Any:
-        if uid in self.states:
-            return self.states[uid][1]
-        with current_for(seen.table, event):  # a RocksDB store reads the partition's database
-            return seen.get(uid, event.message.timestamp)
-
-    async def add(self, event: Any, enricher: Enricher) -> None:
-        message = event.message
-        result = await pipeline.process(
-            event.value,
-            pipeline.Origin(message.topic, message.partition, message.offset, event.key),
-            max_bytes=settings.core.max_record_bytes,
-            default_cluster=settings.cluster.name,
-            seen_get=lambda uid: self.seen_get(uid, event),
-            seen_set=lambda uid, state: self.states.__setitem__(uid, (event, state)),
-            enricher=enricher,
-        )
-        for out in result.outputs:
-            self.records.append((TOPIC_NAMES[out.topic], out.key, out.value))
-        self.increments.extend((event, inc) for inc in result.increments)
-
-    @staticmethod
-    def _fresh(event: Any) -> bool:
-        # Only records of the current generation write rows: an earlier generation's partition
-        # may belong to another worker now, which processes its records again.
-        return _this_generation(event.message)
-
-    def count_rows(self) -> list[Row]:
-        return counts.rows(
-            (event, inc.key, inc.delta, inc.at)
-            for event, inc in self.increments
-            if self._fresh(event)
-        )
-
-    def dedupe_rows(self) -> list[Row]:
-        out: list[Row] = []
-        for uid, (event, state) in self.states.items():
-            if self._fresh(event):
-                table, key, value = seen.row(uid, state, event.message.timestamp)
-                out.append((table, event, key, value))
-        return out
-
-
-async def handle(
-    events: Sequence[Any], enricher: Enricher, publisher: OutputPublisher, writer: TableWriter
-) -> None:
-    batch = Batch()
-    for event in events:
-        await batch.add(event, enricher)
-    await faults.point("core.before-publish", len(events))  # decided, nothing out yet
-    await publisher.publish(batch.records)
-    # Count rows before dedupe rows: if the worker dies in between, the batch is decided again
-    # from the same dedupe state, and the count rows skip the increments they hold already.
-    await writer.write(batch.count_rows())
-    await faults.point("core.after-count-rows", len(events))
-    await writer.write(batch.dedupe_rows())
 
 
 class Delivered:
@@ -136,55 +55,113 @@ class Delivered:
         self.message, self.key, self.value = message, message.key, message.value
 
 
-# The raw topic's records reach the agent in batches, straight from Faust's fetcher loop
-# (app/faust_fixes.py, deliver_in_batches), through this queue: at most two batches wait. Not a
-# Faust channel: Faust clears the channels' queues when it resumes the flow at the end of a
-# rebalance, right after seeking to the committed offsets, so a batch read from there and handed
-# over in between was cleared with its read offsets already past it: lost until a restart
-# (tests/integration/test_core.py, the join/leave test's slow-agent-and-seek variant).
-batches: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=2)
-app.topics.add(raw_topic)  # subscribed as any agent's topic: same group, same assignment
-faust_fixes.deliver_in_batches(settings.topics.raw, batches.put, settings.core.batch_size)
+class Batch:
+    """What one batch decided: outputs to publish, then table writes."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.records: list[Record] = []
+        self.states: dict[str, tuple[Any, Any]] = {}  # uid -> (event, newest state)
+        self.increments: list[tuple[Any, pipeline.Increment]] = []
+
+    def seen_get(self, uid: str, event: Any) -> Any:
+        if uid in self.states:
+            return self.states[uid][1]
+        seen = self.core.seen
+        with current_for(seen.table, event):  # a RocksDB store reads the partition's database
+            return seen.get(uid, event.message.timestamp)
+
+    async def add(self, event: Any) -> None:
+        core, message = self.core, event.message
+        result = await pipeline.process(
+            event.value,
+            pipeline.Origin(message.topic, message.partition, message.offset, event.key),
+            max_bytes=core.settings.core.max_record_bytes,
+            default_cluster=core.settings.cluster.name,
+            seen_get=lambda uid: self.seen_get(uid, event),
+            seen_set=lambda uid, state: self.states.__setitem__(uid, (event, state)),
+            enricher=core.enricher,
+        )
+        for out in result.outputs:
+            self.records.append((core.topic_names[out.topic], out.key, out.value))
+        self.increments.extend((event, inc) for inc in result.increments)
+
+    def count_rows(self) -> list[Row]:
+        fresh = self.core.fresh
+        return self.core.counts.rows(
+            (event, inc.key, inc.delta, inc.at) for event, inc in self.increments if fresh(event)
+        )
+
+    def dedupe_rows(self) -> list[Row]:
+        out: list[Row] = []
+        for uid, (event, state) in self.states.items():
+            if self.core.fresh(event):
+                table, key, value = self.core.seen.row(uid, state, event.message.timestamp)
+                out.append((table, event, key, value))
+        return out
 
 
-def _this_generation(message: Any) -> bool:
-    """Whether ``message`` was read under the consumer's current generation (no rebalance since)."""
-    return bool(message.generation_id == app.consumer_generation_id)
+class Core:
+    """The core pipeline's handler on the batch loop (app/worker/batch_loop.py)."""
+
+    def __init__(self, app: Any, settings: Settings, seen: ExpiringMap, counts: Counts):
+        self.app, self.settings, self.seen, self.counts = app, settings, seen, counts
+        self.topic_names = {"enriched": settings.topics.enriched, "dlq": settings.topics.dlq}
+        self.enricher = Enricher(settings.core, None)
+        self.publisher: OutputPublisher | None = None
+        self.writer: TableWriter | None = None
+
+    def _owner_client(self) -> KubeClient | None:
+        if not self.settings.core.owner_lookup:
+            return None
+        try:
+            return KubeClient.from_settings(self.settings.kubernetes)
+        except Exception as exc:  # no kubeconfig: run without owner lookups, and say so
+            log.warning("owner lookups disabled: %s", exc)
+            return None
+
+    def fresh(self, event: Any) -> bool:
+        # Only records of the current generation write rows: an earlier generation's partition
+        # may belong to another worker now, which processes its records again.
+        return bool(event.message.generation_id == self.app.consumer_generation_id)
+
+    async def start(self) -> None:
+        self.enricher = Enricher(self.settings.core, self._owner_client())
+        self.publisher = await OutputPublisher.start(
+            self.settings.kafka, f"{self.settings.core.app_id}-outputs"
+        )
+        self.writer = TableWriter(self.publisher)
+
+    async def stop(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.stop()
+
+    async def handle(self, messages: list[Any]) -> None:
+        assert self.publisher is not None and self.writer is not None, "started first"
+        await decide_and_write([Delivered(m) for m in messages], self, self.writer)
 
 
-def _rebalanced(messages: list[Any]) -> Callable[[], bool]:
-    """Whether a rebalance happened since ``messages`` were read."""
-    generation = messages[0].generation_id
-    return lambda: bool(generation != app.consumer_generation_id)
+async def decide_and_write(events: Sequence[Any], core: Core, writer: TableWriter) -> None:
+    """Decide a batch, publish its outputs, write its count rows, then its dedupe rows; each
+    step acknowledged before the next."""
+    batch = Batch(core)
+    for event in events:
+        await batch.add(event)
+    await faults.point("core.before-publish", len(events))  # decided, nothing out yet
+    assert core.publisher is not None
+    await core.publisher.publish(batch.records)
+    # Count rows before dedupe rows: if the worker dies in between, the batch is decided again
+    # from the same dedupe state, and the count rows skip the increments they hold already.
+    await writer.write(batch.count_rows())
+    await faults.point("core.after-count-rows", len(events))
+    await writer.write(batch.dedupe_rows())
 
 
-async def core() -> None:
-    enricher = _enricher()
-    publisher = await OutputPublisher.start(settings.kafka, f"{settings.core.app_id}-outputs")
-    writer = TableWriter(publisher)
-    try:
-        while True:
-            messages = await batches.get()
-            # Tests hold a batch here until a rebalance, or slow every batch down.
-            await faults.point("core.batch-taken", len(messages), until=_rebalanced(messages))
-            if not all(map(_this_generation, messages)):
-                # Read before a rebalance: the seek that follows every rebalance reads these
-                # records again (on whichever worker owns them now); they are not acked, so
-                # nothing past them is committed meanwhile.
-                STALE.inc(len(messages))
-                continue
-            await handle([Delivered(m) for m in messages], enricher, publisher, writer)
-            for message in messages:
-                app.consumer.ack(message)  # lets Faust commit up to it (app/faust_fixes.py)
-    except Exception as exc:
-        # Going on past the failed batch would leave its offsets unacked and the commit stuck
-        # until a restart: stop the worker now instead, so that it is restarted and the batch
-        # is processed again.
-        log.exception("the core agent failed; stopping the worker (nothing past it is committed)")
-        await app.crash(exc)
-        raise
-    finally:
-        await publisher.stop()
-
-
-app.task(core)  # started with the worker, once its tables are recovered
+def register(app: Any, settings: Settings) -> None:
+    """The core pipeline on ``app``: its tables, its counts API and its batch loop."""
+    seen = dedupe.create(app, settings.core)
+    counts = Counts(app, settings.core)
+    views.register(app, settings, counts.windows)
+    core = Core(app, settings, seen, counts)
+    raw = bytes_topic(app, settings.topics.raw)
+    BatchLoop(app, raw, core, name="core", batch_size=settings.core.batch_size).register()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from importlib import resources
 from typing import Any, NoReturn
@@ -13,33 +12,32 @@ from typing import Any, NoReturn
 from app import __version__
 from app.errors import UserError
 
+# Pipeline name -> the module whose register(app, settings) defines it on its own Faust app.
 PIPELINES = {
-    "core": ("agents.core", "app.views"),
+    "core": "agents.core",
 }
 
 
-def _set_env(name: str, value: Any) -> None:
-    if value is not None:
-        os.environ[name] = ",".join(value) if isinstance(value, list) else str(value)
-
-
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace, **flags: dict[str, Any]) -> Any:
+    """The one Settings of this command: flags > environment > YAML file > defaults."""
     from app.settings import load_settings
 
-    return load_settings(args.config)
+    return load_settings(args.config, flags)
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    _set_env("KUBEVENTS_PRODUCER_NAMESPACES", args.namespace)
-    _set_env("KUBEVENTS_PRODUCER_API", args.api)
-    _set_env("KUBEVENTS_PRODUCER_LABEL_SELECTOR", args.label_selector)
-    _set_env("KUBEVENTS_PRODUCER_FIELD_SELECTOR", args.field_selector)
-    _set_env("KUBEVENTS_PRODUCER_HTTP_PORT", args.http_port)
-    if args.no_leader_election:
-        _set_env("KUBEVENTS_PRODUCER_LEADER_ELECTION", "false")
+    producer_flags = {
+        "namespaces": args.namespace,
+        "api": args.api,
+        "label_selector": args.label_selector,
+        "field_selector": args.field_selector,
+        "http_port": args.http_port,
+        "leader_election": False if args.no_leader_election else None,
+    }
+    settings = _settings(args, producer=producer_flags)
     from app import producer
 
-    return asyncio.run(producer.run(_settings(args)))
+    return asyncio.run(producer.run(settings))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -71,18 +69,19 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> NoReturn:
-    unknown = [p for p in args.pipeline if p not in PIPELINES]
-    if unknown:
+    if args.pipeline not in PIPELINES:
         raise UserError(
-            f"unknown pipeline {', '.join(unknown)}: available: {', '.join(sorted(PIPELINES))}"
+            f"unknown pipeline {args.pipeline}: available: {', '.join(sorted(PIPELINES))}"
         )
-    _set_env("KUBEVENTS_CORE_WEB_PORT", args.web_port)
-    _set_env("KUBEVENTS_CORE_WEB_HOST", args.web_host)
-    _set_env("KUBEVENTS_CORE_STORE", args.store)
-    _set_env("KUBEVENTS_CORE_DATA_DIR", args.data_dir)
+    core_flags = {
+        "web_port": args.web_port,
+        "web_host": args.web_host,
+        "store": args.store,
+        "data_dir": args.data_dir,
+    }
+    settings = _settings(args, core=core_flags)
     from app.kafka import ensure_topics, pin_unstarted_partitions
 
-    settings = _settings(args)
     # Clear error if Kafka is unreachable; every topic exists with the same partition count
     # (tables are co-partitioned with the raw topic).
     asyncio.run(ensure_topics(settings.kafka, settings.topics, raw_partitions_must_match=True))
@@ -93,11 +92,14 @@ def cmd_worker(args: argparse.Namespace) -> NoReturn:
 
     import faust
 
-    from app.core_app import app
+    from app import faust_fixes
+    from app.testing import faults
+    from app.worker.app import create_app
 
-    for pipeline in args.pipeline:
-        for module in PIPELINES[pipeline]:
-            importlib.import_module(module)
+    faust_fixes.apply()  # once, explicitly, before any Faust consumer exists
+    faults.configure(settings.faults)
+    app = create_app(settings, settings.core.app_id)
+    importlib.import_module(PIPELINES[args.pipeline]).register(app, settings)
     worker = faust.Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
     # At WARN and above Faust's terminal spinner sets the root logger to DEBUG (and filters in
     # its handler): every debug call of Faust and aiokafka then formats its record, ~7 % of the
@@ -153,9 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pipeline",
         "-p",
-        action="append",
-        default=None,
-        help=f"pipeline to run (repeatable): {', '.join(sorted(PIPELINES))}",
+        default="core",
+        help=f"the pipeline to run, as its own consumer group: {', '.join(sorted(PIPELINES))}",
     )
     p.add_argument("--web-port", type=int)
     p.add_argument("--web-host")
@@ -182,8 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "pipeline", "unset") is None:
-        args.pipeline = ["core"]
     from app.obs import setup_logging
 
     setup_logging()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -211,16 +212,31 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        config_file = os.environ.get("KUBEVENTS_CONFIG")
+        config_file = _config_file.get() or os.environ.get("KUBEVENTS_CONFIG")
         if config_file:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
 
 
-def load_settings(config_file: str | None = None) -> Settings:
-    """Read settings; ``config_file`` (or $KUBEVENTS_CONFIG) names an optional YAML file."""
-    if config_file:
-        if not Path(config_file).is_file():
-            raise FileNotFoundError(f"config file {config_file!r} does not exist")
-        os.environ["KUBEVENTS_CONFIG"] = config_file
-    return Settings()
+# The YAML file of the settings being built (read by settings_customise_sources, a classmethod
+# that sees no arguments): a context variable, not the environment, carries it.
+_config_file: ContextVar[str | None] = ContextVar("kubevents_config_file", default=None)
+
+
+def load_settings(
+    config_file: str | None = None, overrides: dict[str, dict[str, Any]] | None = None
+) -> Settings:
+    """Build the settings once: ``overrides`` (command-line flags, by section) > environment
+    (``KUBEVENTS_*``) > the YAML file ``config_file`` (or $KUBEVENTS_CONFIG) > defaults."""
+    if config_file and not Path(config_file).is_file():
+        raise FileNotFoundError(f"config file {config_file!r} does not exist")
+    flags = {
+        section: {k: v for k, v in values.items() if v is not None}
+        for section, values in (overrides or {}).items()
+    }
+    token = _config_file.set(config_file)
+    try:
+        init: dict[str, Any] = {section: values for section, values in flags.items() if values}
+        return Settings(**init)
+    finally:
+        _config_file.reset(token)

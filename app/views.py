@@ -13,10 +13,11 @@ import time
 from typing import Any, cast
 
 import aiohttp
+import faust
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.core_app import app, settings
-from tables.counts import WINDOWS
+from app.settings import Settings
+from tables.counts import Window
 
 FIELDS = {"reason": ("namespace", "reason", "type"), "object": ("namespace", "kind", "name", "uid")}
 
@@ -47,57 +48,63 @@ def _at(query: Any) -> float:
     return time.time() - float(query.get("ago", 0))
 
 
-def active_partitions() -> set[int]:
-    raw = settings.topics.raw
-    return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == raw}
+class Counts:
+    """The counts API of one core app: its windows, read here and on every other worker."""
 
+    def __init__(self, app: Any, raw_topic: str, windows: dict[str, Window]):
+        self.app, self.raw_topic, self.windows = app, raw_topic, windows
 
-def local_rows(query: Any) -> list[dict[str, Any]]:
-    dim = query.get("dim", "reason")
-    window = WINDOWS[query.get("window", "tumbling")]
-    only = query.get("key")
-    rows = []
-    for key, value in window.local_values(active_partitions(), _at(query)).items():
-        row = parse_key(key)
-        if row is None or (only and key != only):
-            continue
-        if not only and (row["dim"] != dim or not _matches(row, query)):
-            continue
-        rows.append({**row, "key": key, "count": value})
-    return rows
+    def active_partitions(self) -> set[int]:
+        raw = self.raw_topic
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == raw}
 
+    def local_rows(self, query: Any) -> list[dict[str, Any]]:
+        dim = query.get("dim", "reason")
+        window = self.windows[query.get("window", "tumbling")]
+        only = query.get("key")
+        rows = []
+        for key, value in window.local_values(self.active_partitions(), _at(query)).items():
+            row = parse_key(key)
+            if row is None or (only and key != only):
+                continue
+            if not only and (row["dim"] != dim or not _matches(row, query)):
+                continue
+            rows.append({**row, "key": key, "count": value})
+        return rows
 
-async def group_rows(query: dict[str, str]) -> tuple[list[dict[str, Any]], int, list[str]]:
-    """Rows of every worker of the group, added up per key; (rows, workers, unreachable)."""
-    query = {**query, "at": str(_at(query))}  # one instant for every worker
-    me = str(app.conf.canonical_url).rstrip("/")
-    hosts = sorted({str(h).rstrip("/") for h in app.router.tables_metadata()} - {me})
-    totals: dict[str, dict[str, Any]] = {}
+    async def group_rows(
+        self, query: dict[str, str]
+    ) -> tuple[list[dict[str, Any]], int, list[str]]:
+        """Rows of every worker of the group, added up per key; (rows, workers, unreachable)."""
+        query = {**query, "at": str(_at(query))}  # one instant for every worker
+        me = str(self.app.conf.canonical_url).rstrip("/")
+        hosts = sorted({str(h).rstrip("/") for h in self.app.router.tables_metadata()} - {me})
+        totals: dict[str, dict[str, Any]] = {}
 
-    def merge(rows: list[dict[str, Any]]) -> None:
-        for row in rows:
-            seen = totals.get(row["key"])
-            if seen is None:
-                totals[row["key"]] = dict(row)
+        def merge(rows: list[dict[str, Any]]) -> None:
+            for row in rows:
+                seen = totals.get(row["key"])
+                if seen is None:
+                    totals[row["key"]] = dict(row)
+                else:
+                    seen["count"] += row["count"]
+
+        merge(self.local_rows(query))
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+
+            async def fetch(host: str) -> list[dict[str, Any]]:
+                async with session.get(f"{host}/counts/local/", params=query) as resp:
+                    body = await resp.json()
+                    return list(body["rows"])
+
+            results = await asyncio.gather(*(fetch(h) for h in hosts), return_exceptions=True)
+        missing = []
+        for host, result in zip(hosts, results, strict=True):
+            if isinstance(result, BaseException):
+                missing.append(host)
             else:
-                seen["count"] += row["count"]
-
-    merge(local_rows(query))
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-
-        async def fetch(host: str) -> list[dict[str, Any]]:
-            async with session.get(f"{host}/counts/local/", params=query) as resp:
-                body = await resp.json()
-                return list(body["rows"])
-
-        results = await asyncio.gather(*(fetch(h) for h in hosts), return_exceptions=True)
-    missing = []
-    for host, result in zip(hosts, results, strict=True):
-        if isinstance(result, BaseException):
-            missing.append(host)
-        else:
-            merge(result)
-    return list(totals.values()), 1 + len(hosts) - len(missing), missing
+                merge(result)
+        return list(totals.values()), 1 + len(hosts) - len(missing), missing
 
 
 def top(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -106,73 +113,77 @@ def top(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     ]
 
 
-def _window_info(name: str, at: float) -> dict[str, Any]:
-    window = WINDOWS[name]
+def _window_info(window: Window, at: float) -> dict[str, Any]:
+    name = window.name
     start, end = window.bounds(at)
     return {"name": name, "size_s": window.size, "step_s": window.step, "start": start, "end": end}
 
 
-@app.page("/counts/local/")
-async def counts_local(web: Any, request: Any) -> Any:
-    return web.json({"rows": local_rows(request.query)})
+def register(app: faust.App, settings: Settings, windows: dict[str, Window]) -> None:
+    """Serve the counts API, /healthz, /readyz and /metrics on ``app``'s web server."""
+    counts = Counts(app, settings.topics.raw, windows)
 
+    @app.page("/counts/local/")
+    async def counts_local(web: Any, request: Any) -> Any:
+        return web.json({"rows": counts.local_rows(request.query)})
 
-@app.page("/counts/")
-async def counts_all(web: Any, request: Any) -> Any:
-    """Top-N over every worker of the group; filters: dim, window, namespace, type, reason."""
-    query = dict(request.query)
-    try:
-        n = max(1, min(int(query.get("top", 20)), 1000))
-    except ValueError:
-        return web.json({"error": "top must be an integer"}, status=400)
-    if query.get("dim", "reason") not in FIELDS or query.get("window", "tumbling") not in WINDOWS:
-        return web.json({"error": "dim is reason|object, window is tumbling|hopping"}, status=400)
-    rows, workers, missing = await group_rows(query)
-    return web.json(
-        {
-            "window": _window_info(query.get("window", "tumbling"), _at(query)),
-            "dim": query.get("dim", "reason"),
-            "rows": top(rows, n),
-            "workers": workers,
-            "unreachable_workers": missing,
-        }
-    )
-
-
-@app.page("/counts/key/")
-async def counts_key(web: Any, request: Any) -> Any:
-    """One key's counts in both windows, added up over every worker of the group."""
-    key = request.query.get("key")
-    if not key or parse_key(key) is None:
+    @app.page("/counts/")
+    async def counts_all(web: Any, request: Any) -> Any:
+        """Top-N over every worker of the group; filters: dim, window, namespace, type, reason."""
+        query = dict(request.query)
+        try:
+            n = max(1, min(int(query.get("top", 20)), 1000))
+        except ValueError:
+            return web.json({"error": "top must be an integer"}, status=400)
+        if (
+            query.get("dim", "reason") not in FIELDS
+            or query.get("window", "tumbling") not in counts.windows
+        ):
+            return web.json(
+                {"error": "dim is reason|object, window is tumbling|hopping"}, status=400
+            )
+        rows, workers, missing = await counts.group_rows(query)
         return web.json(
-            {"error": "key=reason|<ns>|<reason>|<type> or object|<ns>|<kind>|<name>|<uid>"},
-            status=400,
+            {
+                "window": _window_info(counts.windows[query.get("window", "tumbling")], _at(query)),
+                "dim": query.get("dim", "reason"),
+                "rows": top(rows, n),
+                "workers": workers,
+                "unreachable_workers": missing,
+            }
         )
-    answer: dict[str, Any] = {"key": key}
-    for name in ("tumbling", "hopping"):
-        query = {**request.query, "window": name}
-        rows, workers, missing = await group_rows(query)
-        answer[name] = sum(r["count"] for r in rows)
-        answer["workers"], answer["unreachable_workers"] = workers, missing
-    return web.json(answer)
 
+    @app.page("/counts/key/")
+    async def counts_key(web: Any, request: Any) -> Any:
+        """One key's counts in both windows, added up over every worker of the group."""
+        key = request.query.get("key")
+        if not key or parse_key(key) is None:
+            return web.json(
+                {"error": "key=reason|<ns>|<reason>|<type> or object|<ns>|<kind>|<name>|<uid>"},
+                status=400,
+            )
+        answer: dict[str, Any] = {"key": key}
+        for name in ("tumbling", "hopping"):
+            query = {**request.query, "window": name}
+            rows, workers, missing = await counts.group_rows(query)
+            answer[name] = sum(r["count"] for r in rows)
+            answer["workers"], answer["unreachable_workers"] = workers, missing
+        return web.json(answer)
 
-@app.page("/metrics")
-async def metrics(web: Any, request: Any) -> Any:
-    # aiohttp wants the charset apart from the content type.
-    return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+    @app.page("/metrics")
+    async def metrics(web: Any, request: Any) -> Any:
+        # aiohttp wants the charset apart from the content type.
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
+    @app.page("/healthz")
+    async def healthz(web: Any, request: Any) -> Any:
+        return web.json({"status": "ok"})
 
-@app.page("/healthz")
-async def healthz(web: Any, request: Any) -> Any:
-    return web.json({"status": "ok"})
-
-
-@app.page("/readyz")
-async def readyz(web: Any, request: Any) -> Any:
-    recovering = not cast(Any, app.tables).recovery.completed.is_set()
-    ready = app.consumer is not None and not recovering
-    return web.json(
-        {"ready": ready, "reason": "recovering tables" if recovering else "running"},
-        status=200 if ready else 503,
-    )
+    @app.page("/readyz")
+    async def readyz(web: Any, request: Any) -> Any:
+        recovering = not cast(Any, app.tables).recovery.completed.is_set()
+        ready = app.consumer is not None and not recovering
+        return web.json(
+            {"ready": ready, "reason": "recovering tables" if recovering else "running"},
+            status=200 if ready else 503,
+        )

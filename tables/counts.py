@@ -26,20 +26,9 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from app.core_app import app, settings
 from app.faust_context import current_for
+from app.settings import CoreSettings
 from tables.writer import Row
-
-core = settings.core
-_keep = max(core.window_expires_s, core.hopping_size_s + core.hopping_step_s)
-
-tumbling = app.Table(
-    "counts-tumbling", default=int, help="Occurrences per key and partition, tumbling window."
-).tumbling(core.tumbling_s, expires=_keep)
-
-steps = app.Table(
-    "counts-steps", default=int, help="Occurrences per key and partition per hopping step."
-).tumbling(core.hopping_step_s, expires=_keep)
 
 
 def row_key(key: str, partition: int) -> str:
@@ -62,36 +51,6 @@ def count_of(value: Any) -> int:
 def _upto(value: Any) -> int:
     """The last raw offset whose increments the row holds (-1: unknown)."""
     return int(value[1]) if isinstance(value, list | tuple) else -1
-
-
-def rows(increments: Iterable[tuple[Any, str, int, float]]) -> list[Row]:
-    """The table rows that add ``(event, key, delta, at)`` increments, for tables/writer.py: one
-    row per count row and window, owned by ``event`` (the raw record that caused it: its
-    partition owns the row).
-
-    A row is ``[n, upto]``: n occurrences, made of the increments of the row's partition up to
-    raw offset ``upto``. An increment from a record at or before ``upto`` is in the row already
-    and is skipped: a batch processed again after a crash (its records were not acked) never
-    counts twice, whatever part of its rows had reached the changelog. Increments come in
-    offset order per partition (the core agent takes each partition's records in order)."""
-    items = list(increments)
-    out: list[Row] = []
-    for wrapper in (tumbling, steps):
-        table: Any = wrapper.table  # Faust's windowed-table internals are not in its types
-        window, data = table.window, table.data
-        acc: dict[tuple[str, Any], list[Any]] = {}  # slot -> [event, n, upto, changed]
-        for event, key, delta, at in items:
-            slot = (row_key(key, event.message.partition), window.current(at))
-            entry = acc.get(slot)
-            if entry is None:
-                with current_for(table, event):  # a RocksDB store reads the partition's db
-                    stored = data.get(slot)
-                entry = acc[slot] = [event, count_of(stored), _upto(stored), False]
-            offset = event.message.offset
-            if offset > entry[2]:
-                entry[0], entry[1], entry[2], entry[3] = event, entry[1] + delta, offset, True
-        out += [(table, e[0], slot, [e[1], e[2]]) for slot, e in acc.items() if e[3]]
-    return out
 
 
 class Window:
@@ -129,7 +88,51 @@ class Window:
         return totals
 
 
-WINDOWS = {
-    "tumbling": Window("tumbling", tumbling, core.tumbling_s, core.tumbling_s),
-    "hopping": Window("hopping", steps, core.hopping_size_s, core.hopping_step_s),
-}
+class Counts:
+    """The count tables of one core app: a tumbling window and the hopping window's steps."""
+
+    def __init__(self, app: Any, core: CoreSettings):
+        keep = max(core.window_expires_s, core.hopping_size_s + core.hopping_step_s)
+        self.tumbling = app.Table(
+            "counts-tumbling",
+            default=int,
+            help="Occurrences per key and partition, tumbling window.",
+        ).tumbling(core.tumbling_s, expires=keep)
+        self.steps = app.Table(
+            "counts-steps",
+            default=int,
+            help="Occurrences per key and partition per hopping step.",
+        ).tumbling(core.hopping_step_s, expires=keep)
+        self.windows = {
+            "tumbling": Window("tumbling", self.tumbling, core.tumbling_s, core.tumbling_s),
+            "hopping": Window("hopping", self.steps, core.hopping_size_s, core.hopping_step_s),
+        }
+
+    def rows(self, increments: Iterable[tuple[Any, str, int, float]]) -> list[Row]:
+        """The table rows that add ``(event, key, delta, at)`` increments, for tables/writer.py: one
+        row per count row and window, owned by ``event`` (the raw record that caused it: its
+        partition owns the row).
+
+        A row is ``[n, upto]``: n occurrences, made of the increments of the row's partition up to
+        raw offset ``upto``. An increment from a record at or before ``upto`` is in the row already
+        and is skipped: a batch processed again after a crash (its records were not acked) never
+        counts twice, whatever part of its rows had reached the changelog. Increments come in
+        offset order per partition (the core agent takes each partition's records in order)."""
+        items = list(increments)
+        out: list[Row] = []
+        for wrapper in (self.tumbling, self.steps):
+            table: Any = wrapper.table  # Faust's windowed-table internals are not in its types
+            window, data = table.window, table.data
+            acc: dict[tuple[str, Any], list[Any]] = {}  # slot -> [event, n, upto, changed]
+            for event, key, delta, at in items:
+                slot = (row_key(key, event.message.partition), window.current(at))
+                entry = acc.get(slot)
+                if entry is None:
+                    with current_for(table, event):  # a RocksDB store reads the partition's db
+                        stored = data.get(slot)
+                    entry = acc[slot] = [event, count_of(stored), _upto(stored), False]
+                offset = event.message.offset
+                if offset > entry[2]:
+                    entry[0], entry[1], entry[2], entry[3] = event, entry[1] + delta, offset, True
+            out += [(table, e[0], slot, [e[1], e[2]]) for slot, e in acc.items() if e[3]]
+        return out

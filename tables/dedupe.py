@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from app.core_app import app, settings
+from typing import Any
+
+from app.settings import CoreSettings
 from tables.expiring import ExpiringMap
 
-seen = ExpiringMap(
-    app,
-    "dedupe",
-    settings.core.dedupe_ttl_s,
-    help="Event uid -> newest version seen; entries expire after dedupe_ttl_s..2x.",
-)
+
+def create(app: Any, core: CoreSettings) -> ExpiringMap:
+    """The dedupe table, defined on ``app``."""
+    return ExpiringMap(
+        app,
+        "dedupe",
+        core.dedupe_ttl_s,
+        help="Event uid -> newest version seen; entries expire after dedupe_ttl_s..2x.",
+    )

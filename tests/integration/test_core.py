@@ -515,7 +515,7 @@ def test_workers_joining_and_leaving_under_traffic_lose_nothing_and_count_once(
         feeder.join()
     uids = wait_uids(brokers, names["KUBEVENTS_TOPICS_ENRICHED"], set(sent), timeout=180)
     repeats = sum(uids.values()) - len(uids)
-    stale = metric(port_a, "kubevents_core_stale_records_total")
+    stale = metric(port_a, "kubevents_pipeline_stale_records_total")
     print(
         f"join/leave under traffic ({store}{', slow' if faults else ''}): {len(sent)} records,"
         f" {stale:.0f} held at a rebalance and read again, {repeats} exact repeats re-emitted"

@@ -13,11 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CORE = "tests/integration/test_core.py"
-HANDLE = "            await handle([Delivered(m) for m in messages], enricher, publisher, writer)\n"
-ACK = """            for message in messages:
-                app.consumer.ack(message)  # lets Faust commit up to it (app/faust_fixes.py)
+HANDLE = "                await self.handler.handle(messages)\n"
+ACK = """                for message in messages:
+                    self.app.consumer.ack(message)  # lets Faust commit up to it
 """
-PRODUCER = "tests/integration/test_producer.py"
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ MUTANTS: list[Mutant] = [
         name="ack-before-publish",
         why="records are acked (so committed) before their outputs are published: a crash in "
         "between loses them",
-        path="agents/core.py",
+        path="app/worker/batch_loop.py",
         old=HANDLE + ACK,
         new=ACK + HANDLE,
         tests=(f"{CORE}::test_sigkill_mid_stream_loses_nothing",),
@@ -45,17 +44,17 @@ MUTANTS: list[Mutant] = [
         why="a batch decided again after a crash between count rows and dedupe rows adds its "
         "increments twice",
         path="tables/counts.py",
-        old="            if offset > entry[2]:\n",
-        new="            if True:\n",
+        old="                if offset > entry[2]:\n",
+        new="                if True:\n",
         tests=(f"{CORE}::test_worker_dying_between_count_rows_and_dedupe_rows_counts_exactly",),
     ),
     Mutant(
         name="faust-channel-hand-over",
         why="the historic loss: batches handed to the agent through a Faust channel, whose queue "
         "Faust clears when it resumes the flow after a rebalance's seek",
-        path="agents/core.py",
-        old="batches: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=2)\n",
-        new="batches: Any = app.channel(maxsize=2)\n",
+        path="app/worker/batch_loop.py",
+        old="        self.queue: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=2)\n",
+        new="        self.queue: Any = app.channel(maxsize=2)\n",
         tests=(
             f"{CORE}::test_workers_joining_and_leaving_under_traffic_lose_nothing_and_count_once"
             "[slow-agent-and-seek]",

@@ -6,7 +6,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import faust
+import pytest
+
+from app.settings import CoreSettings
 from tables import counts
+from tables.counts import Counts
 
 AT = 1_764_000_000.0
 
@@ -25,20 +30,26 @@ def values(rows: list[Any]) -> dict[str, Any]:
     return {table.name: value for table, _, _, value in rows}
 
 
-def test_a_batch_processed_again_counts_nothing_twice() -> None:
+@pytest.fixture()
+def tables() -> Counts:
+    """The count tables on an app of their own: nothing is read from the environment."""
+    return Counts(faust.App("counts-test", store="memory://"), CoreSettings())
+
+
+def test_a_batch_processed_again_counts_nothing_twice(tables: Counts) -> None:
     key = "reason|ns|BackOff|Warning|again"
     batch = [(Event(3, 5), key, 1, AT), (Event(3, 6), key, 2, AT)]
-    first = counts.rows(batch)
+    first = tables.rows(batch)
     assert values(first) == {"counts-tumbling": [3, 6], "counts-steps": [3, 6]}
     store(first)
-    assert counts.rows(batch) == []  # redelivered after the rows were written: nothing to add
+    assert tables.rows(batch) == []  # redelivered after the rows were written: nothing to add
     # A redelivery that reaches past what the rows hold adds only the records after them.
-    assert values(counts.rows([*batch, (Event(3, 7), key, 4, AT)]))["counts-tumbling"] == [7, 7]
+    assert values(tables.rows([*batch, (Event(3, 7), key, 4, AT)]))["counts-tumbling"] == [7, 7]
 
 
-def test_rows_are_per_partition_and_read_back_as_counts() -> None:
+def test_rows_are_per_partition_and_read_back_as_counts(tables: Counts) -> None:
     key = "reason|ns|Pulled|Normal|parts"
-    rows = counts.rows([(Event(0, 9), key, 1, AT), (Event(1, 2), key, 5, AT)])
+    rows = tables.rows([(Event(0, 9), key, 1, AT), (Event(1, 2), key, 5, AT)])
     assert sorted(slot[0] for table, _, slot, _ in rows if table.name == "counts-steps") == [
         f"{key}@0",
         f"{key}@1",
@@ -48,9 +59,9 @@ def test_rows_are_per_partition_and_read_back_as_counts() -> None:
     assert counts.count_of(None) == 0
 
 
-def test_rows_written_before_the_offset_guard_keep_counting() -> None:
+def test_rows_written_before_the_offset_guard_keep_counting(tables: Counts) -> None:
     key = "reason|ns|Killing|Normal|legacy"
-    table: Any = counts.tumbling.table
+    table: Any = tables.tumbling.table
     slot = (counts.row_key(key, 2), table.window.current(AT))
     table.data[slot] = 4
-    assert values(counts.rows([(Event(2, 0), key, 1, AT)]))["counts-tumbling"] == [5, 0]
+    assert values(tables.rows([(Event(2, 0), key, 1, AT)]))["counts-tumbling"] == [5, 0]

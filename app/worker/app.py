@@ -1,7 +1,9 @@
-"""The Faust app of the core pipeline (consumer group = ``core.app_id``) and its topics.
+"""The Faust app of one pipeline: one app, one consumer group, one process.
 
-Agents live in ``agents/``, tables in ``tables/``; ``kubevents worker --pipeline core`` imports
-them and starts a Faust worker. Settings are read once, at import, as Faust apps are module-level.
+``create_app(settings, app_id)`` builds it; a pipeline's agents and tables register on the app they
+are handed (``agents/``, ``tables/``); ``kubevents worker --pipeline NAME`` builds the app, applies
+the Faust corrections (app/faust_fixes.py) and runs it. Importing this module reads no settings and
+builds nothing.
 """
 
 from __future__ import annotations
@@ -10,10 +12,8 @@ from typing import Any
 
 import faust
 
-from app import faust_fixes
 from app.kafka import ssl_context
-from app.settings import KafkaSettings, Settings, load_settings
-from app.testing import faults
+from app.settings import KafkaSettings, Settings
 
 
 def broker_credentials(kafka: KafkaSettings) -> Any:
@@ -30,10 +30,11 @@ def broker_credentials(kafka: KafkaSettings) -> Any:
     return None
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, app_id: str) -> faust.App:
+    """The Faust app of the pipeline ``app_id`` (its consumer group), with kubevents' defaults."""
     core = settings.core
     return faust.App(
-        core.app_id,
+        app_id,
         broker=[f"kafka://{b}" for b in settings.kafka.bootstrap_servers],
         broker_credentials=broker_credentials(settings.kafka),
         store=core.store,
@@ -69,13 +70,7 @@ def create_app(settings: Settings) -> faust.App:
     )
 
 
-faust_fixes.apply()
-settings = load_settings()
-faults.configure(settings.faults)
-app = create_app(settings)
-
-
-def bytes_topic(name: str, internal: bool = False) -> Any:
+def bytes_topic(app: faust.App, name: str, internal: bool = False) -> Any:
     """Keys and values stay bytes: kubevents decodes itself, so bad input reaches the DLQ."""
     return app.topic(
         name,
@@ -85,6 +80,3 @@ def bytes_topic(name: str, internal: bool = False) -> Any:
         value_serializer="raw",
         internal=internal,
     )
-
-
-raw_topic = bytes_topic(settings.topics.raw)

@@ -1,0 +1,144 @@
+"""The batch loop: how every pipeline commits only after the write. The one place of the protocol.
+
+Faust's fetcher loop hands a topic's records over in batches, straight from each fetch and in each
+partition's order (app/faust_fixes.py, ``deliver_in_batches``), into this loop's queue (at most
+two batches wait). For each batch the loop:
+  1. optionally lingers for more (up to ``linger_ms`` or ``linger_records``): sinks want fuller
+     batches than one fetch; batches of another consumer generation are never merged;
+  2. skips it if it was read before a rebalance (its consumer generation is not the current one):
+     the seek that follows every rebalance reads those records again, on whichever worker owns
+     their partition now; they are not acked, so nothing past them is committed meanwhile
+     (counted in ``kubevents_pipeline_stale_records_total``);
+  3. awaits the pipeline's handler, which returns only once everything the batch must write is
+     acknowledged by its destination (Kafka, a table's changelog, Elasticsearch, MySQL) or
+     dead-lettered;
+  4. acks every record, which lets Faust commit their offsets (app/faust_fixes.py commits only
+     an unbroken run of acked offsets from the committed one).
+A handler that raises stops the worker (``app.crash``): going on past a failed batch would leave
+its offsets unacked and the commit stuck until a restart, so the worker stops and its
+replacement processes the batch again. At-least-once, then, and every write idempotent.
+
+Not a Faust channel: Faust clears the channels' queues when it resumes the flow at the end of a
+rebalance, right after seeking to the committed offsets, so a batch read from there and handed
+over in between was cleared with its read offsets already past it: lost until a restart
+(tests/integration/test_core.py, the join/leave test's slow variant, and the mutation gate's
+faust-channel-hand-over mutant).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from prometheus_client import Counter
+
+from app import faust_fixes
+from app.testing import faults
+
+log = logging.getLogger("kubevents.batch_loop")
+
+STALE = Counter(
+    "kubevents_pipeline_stale_records_total",
+    "Records read before a rebalance and left for the seek that follows it to read again.",
+    ["pipeline"],
+)
+
+
+class Handler(Protocol):
+    """What a pipeline runs on the loop."""
+
+    async def start(self) -> None:
+        """Open connections; called once the worker's tables are recovered."""
+
+    async def handle(self, messages: list[Any]) -> None:
+        """Write the batch; return only once every write is acknowledged (or raise)."""
+
+    async def stop(self) -> None:
+        """Close connections."""
+
+
+class BatchLoop:
+    def __init__(
+        self,
+        app: Any,
+        topic: Any,
+        handler: Handler,
+        *,
+        name: str,
+        batch_size: int,
+        linger_ms: float = 0,
+        linger_records: int = 0,
+    ):
+        self.app, self.topic, self.handler, self.name = app, topic, handler, name
+        self.batch_size, self.linger_ms, self.linger_records = batch_size, linger_ms, linger_records
+        self.queue: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=2)
+        self._next: list[Any] | None = None  # a batch of another generation, met while lingering
+        self._stale = STALE.labels(name)
+
+    def register(self) -> None:
+        """Subscribe the app to the topic (same group, same assignment as any agent's topic),
+        have the fetcher hand its records over here, and run the loop as an app task (started
+        with the worker, once its tables are recovered)."""
+        self.app.topics.add(self.topic)
+        faust_fixes.deliver_in_batches(self.topic.get_topic_name(), self.queue.put, self.batch_size)
+        self.app.task(self.run)
+
+    def current(self, message: Any) -> bool:
+        """Whether ``message`` was read under the consumer's current generation."""
+        return bool(message.generation_id == self.app.consumer_generation_id)
+
+    async def take(self) -> list[Any]:
+        """The next batch, lingering for more of the same generation if so configured."""
+        if self._next is not None:
+            batch, self._next = self._next, None
+        else:
+            batch = await self.queue.get()
+        if not (self.linger_ms or self.linger_records):
+            return batch
+        limit = self.linger_records or self.batch_size
+        deadline = time.monotonic() + (self.linger_ms or 0) / 1000
+        generation = batch[0].generation_id
+        while len(batch) < limit:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                more = await asyncio.wait_for(self.queue.get(), left)
+            except TimeoutError:
+                break
+            if more[0].generation_id != generation:
+                self._next = more  # never merged: each generation is judged on its own
+                break
+            batch = batch + more
+        return batch
+
+    def _rebalanced(self, messages: list[Any]) -> Callable[[], bool]:
+        generation = messages[0].generation_id
+        return lambda: bool(generation != self.app.consumer_generation_id)
+
+    async def run(self) -> None:
+        await self.handler.start()
+        try:
+            while True:
+                messages = await self.take()
+                # Tests hold a batch here until a rebalance, or slow every batch down.
+                await faults.point(
+                    f"{self.name}.batch-taken", len(messages), until=self._rebalanced(messages)
+                )
+                if not all(map(self.current, messages)):
+                    self._stale.inc(len(messages))
+                    continue
+                await self.handler.handle(messages)
+                for message in messages:
+                    self.app.consumer.ack(message)  # lets Faust commit up to it
+        except Exception as exc:
+            log.exception(
+                "pipeline %s failed; stopping the worker (nothing past it is committed)", self.name
+            )
+            await self.app.crash(exc)
+            raise
+        finally:
+            await self.handler.stop()
