@@ -167,8 +167,8 @@ class Progress(NamedTuple):
     @property
     def rate(self) -> float:
         """Records per second over [first, done], counting only those done inside it."""
-        if not self.complete or self.done <= self.first:
-            return float("nan")
+        if not self.complete or self.done <= self.first or self.done_value <= self.first_value:
+            return float("nan")  # everything was done at the first instant: nothing to time
         return (self.done_value - self.first_value) / (self.done - self.first)
 
 
