@@ -43,10 +43,11 @@ from tests.integration.conftest import (
     get_json,
     json_values,
     make_names,
+    metric,
     produce,
-    wait_http,
 )
 from tests.integration.kube_helpers import create_event, create_namespace, delete_namespace
+from tests.integration.test_deploy import find_kubectl
 
 README = (ROOT / "README.md").read_text()
 SCHEMA_FILE = ROOT / "schemas" / "k8s-event.v1.json"
@@ -276,11 +277,17 @@ def pipeline(brokers: str, api: k8s.ApiClient) -> Iterator[Pipeline]:
                 "readme-producer",
             )
         )
-        wait_http(f"http://127.0.0.1:{p.worker_port}/readyz", timeout=120)
-        wait_until(
-            lambda: get_json(f"http://127.0.0.1:{p.producer_port}/readyz")["reason"] == "watching",
-            what="the producer watching",
-        )
+        worker, producer = p.procs
+
+        def ready() -> bool:
+            for proc in (worker, producer):
+                assert proc.proc.poll() is None, f"exited early:\n{proc.output()[-3000:]}"
+            get_json(f"http://127.0.0.1:{p.worker_port}/readyz")  # an error (503) until ready
+            return bool(
+                get_json(f"http://127.0.0.1:{p.producer_port}/readyz")["reason"] == "watching"
+            )
+
+        wait_until(ready, "the worker ready and the producer watching", timeout=120)
         yield p
     finally:
         for proc in p.procs:
@@ -369,6 +376,49 @@ def test_readme_replay_example_reaches_the_enriched_topic(brokers: str, pipeline
     got = enriched_by_uid(brokers, pipeline.names["KUBEVENTS_TOPICS_ENRICHED"], uids, 3)
     assert {u: len(rs) for u, rs in got.items()} == dict.fromkeys(uids, 1)
     assert {rs[0]["reason"] for rs in got.values()} == {item["reason"] for item in dump}
+
+
+def test_readme_kubectl_pipe_to_replay_adds_nothing_new(
+    api: k8s.ApiClient, brokers: str, pipeline: Pipeline
+) -> None:
+    """The README's ``kubectl get events -A -o json | kubevents replay -``, run by bash, for the
+    pipeline's namespace (``-n NS`` in place of ``-A``: the cluster is shared): the events the
+    producer published already, replayed, are dropped by the worker's dedupe table."""
+    (line,) = re.findall(r"`(kubectl get events -A -o json \| kubevents replay -)`", README)
+    ns, port = pipeline.namespace, pipeline.worker_port
+    topic = pipeline.names["KUBEVENTS_TOPICS_ENRICHED"]
+    event = create_event(api, ns, reason="Replayed")
+    enriched_by_uid(brokers, topic, {event["uid"]}, versions=1)
+    listed = {e.metadata.uid for e in k8s.CoreV1Api(api).list_namespaced_event(ns).items}
+    duplicates = 'kubevents_core_records_total{outcome="duplicate"}'
+    before = metric(port, duplicates)
+    script = (
+        f'kubevents() {{ "{sys.executable}" -m app.cli "$@"; }}\n'
+        f'kubectl() {{ "{find_kubectl()}" "$@"; }}\n'
+        "set -eo pipefail\n" + line.replace(" -A ", f" -n {ns} ")
+    )
+    result = subprocess.run(
+        ["bash", "-c", script],
+        env={**os.environ, **pipeline.env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    raw = pipeline.names["KUBEVENTS_TOPICS_RAW"]
+    assert f"published {len(listed)} events to {raw}" in result.stdout
+    wait_until(
+        lambda: metric(port, duplicates) - before >= len(listed),
+        what=f"{len(listed)} replayed events dropped as duplicates",
+    )
+    versions = Counter(
+        (r["uid"], r["resource_version"])
+        for r in json_values(consume(brokers, topic, idle_s=1))
+        if r["uid"] in listed
+    )
+    assert set(versions.values()) == {1}, versions
 
 
 # --------------------------------------------------------------------------------------------
