@@ -36,7 +36,10 @@ def parse_key(key: str) -> dict[str, str] | None:
 def _matches(row: dict[str, Any], query: Any) -> bool:
     for field in ("namespace", "type", "reason", "kind"):
         wanted = query.get(field)
-        if wanted and row.get(field) != wanted:
+        # Object rows count Warnings only (their key has no type): type=Warning keeps them all,
+        # any other type none.
+        have = "Warning" if field == "type" and row["dim"] == "object" else row.get(field)
+        if wanted and have != wanted:
             return False
     return True
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -88,13 +90,24 @@ async def append_times(brokers: str, topic: str, n: int, timeout_s: float = 120)
     return out
 
 
-def steady_rate(times_ms: list[int]) -> float:
-    """Records per second between the first and the last append, counting only those appended
-    after the first instant (the window holds exactly the records counted)."""
-    first, last = min(times_ms), max(times_ms)
+def steady_rate(times: list[float], unit_s: float = 0.001) -> float:
+    """Records per second between the first and the last completion, counting only the records
+    completed after the first instant: the interval and the count cover the same records.
+    ``times`` holds one completion time per record (broker append times in ms by default; a
+    reader's page-parsed instants, one per item of the page, work the same way)."""
+    first, last = min(times), max(times)
     if last <= first:
         return float("nan")
-    return sum(1 for t in times_ms if t > first) / ((last - first) / 1000)
+    return sum(1 for t in times if t > first) / ((last - first) * unit_s)
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1 (so concurrent runs do not collide)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_topic_size(
@@ -135,12 +148,28 @@ def metric_total(port: int, name: str) -> float:
     )
 
 
-def wait_metric(
-    port: int, name: str, n: int, timeout_s: float, proc: subprocess.Popen[bytes]
-) -> tuple[float, float, float]:
-    """Poll until metric ``name`` reaches n; returns (first_seen, done, peak_rss_mib)."""
-    first, _, done, peak = wait_metric_progress(port, name, n, timeout_s, proc)
-    return first, done, peak
+class Progress(NamedTuple):
+    """A counter polled until it reached its target. ``first``: the first poll that saw it
+    above 0, ``first_value``: its value then; ``done``/``done_value``: the poll that saw the
+    target. The records counted over [first, done] are ``done_value - first_value``: the ones
+    at ``first`` were done before the interval began (``rate``)."""
+
+    first: float
+    first_value: float
+    done: float
+    done_value: float
+    peak_rss_mib: float
+
+    @property
+    def complete(self) -> bool:
+        return not math.isnan(self.done)
+
+    @property
+    def rate(self) -> float:
+        """Records per second over [first, done], counting only those done inside it."""
+        if not self.complete or self.done <= self.first or self.done_value <= self.first_value:
+            return float("nan")  # everything was done at the first instant: nothing to time
+        return (self.done_value - self.first_value) / (self.done - self.first)
 
 
 def wait_metric_progress(
@@ -151,9 +180,8 @@ def wait_metric_progress(
     proc: subprocess.Popen[bytes],
     *,
     interval_s: float = 0.02,
-) -> tuple[float, float, float, float]:
-    """Poll until metric ``name`` reaches n; returns (first_seen, value at first_seen, done,
-    peak_rss_mib). A rate over [first_seen, done] must count ``n - value at first_seen``."""
+) -> Progress:
+    """Poll until metric ``name`` reaches n (or the process exits, or the time is up)."""
     first: float | None = None
     first_value = 0.0
     peak = 0.0
@@ -167,7 +195,7 @@ def wait_metric_progress(
         if value >= n:
             if first is None:
                 first, first_value = now, value
-            return first, first_value, now, peak
+            return Progress(first, first_value, now, value, peak)
         time.sleep(interval_s)
     nan = float("nan")
-    return (first if first is not None else nan), first_value, nan, peak
+    return Progress(first if first is not None else nan, first_value, nan, nan, peak)

@@ -52,9 +52,9 @@ def api(kubeconfig: str) -> k8s.ApiClient:
     return k8s.ApiClient()
 
 
-@pytest.fixture()
-def names() -> dict[str, str]:
-    """Topic names and a consumer group unique to one test, so tests never see each other."""
+def make_names() -> dict[str, str]:
+    """Topic names, a consumer group and a Lease unique to their user, so tests never see each
+    other (the ``names`` fixture for one test; a module-scoped fixture calls it once)."""
     tag = uuid.uuid4().hex[:8]
     return {
         "KUBEVENTS_TOPICS_RAW": f"t{tag}-raw",
@@ -64,6 +64,12 @@ def names() -> dict[str, str]:
         "KUBEVENTS_PRODUCER_LEASE_NAME": f"t{tag}-lease",
         "tag": tag,
     }
+
+
+@pytest.fixture()
+def names() -> dict[str, str]:
+    """Topic names and a consumer group unique to one test, so tests never see each other."""
+    return make_names()
 
 
 def free_port() -> int:

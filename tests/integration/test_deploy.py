@@ -22,8 +22,12 @@ from kubernetes.client.rest import ApiException
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"
-NAMESPACE = "kubevents"
-ACCOUNT = "kubevents"
+RBAC = [doc for doc in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text()) if doc]
+# The ServiceAccount rbac.yaml binds its roles to (tests/unit/test_packaging.py checks the
+# bindings): its name and namespace come from there, not from a copy.
+(_SERVICE_ACCOUNT,) = [doc["metadata"] for doc in RBAC if doc["kind"] == "ServiceAccount"]
+NAMESPACE = _SERVICE_ACCOUNT["namespace"]
+ACCOUNT = _SERVICE_ACCOUNT["name"]
 
 
 def _version_key(path: Path) -> tuple[int, ...]:
@@ -272,25 +276,25 @@ def test_service_account_cannot_do_anything_else(sa_api: k8s.ApiClient) -> None:
     )
 
 
+def rbac_grants() -> list[tuple[str, str, str, str | None]]:
+    """(apiGroup, resource, verb, namespace) of every grant in rbac.yaml: its ClusterRoles' in
+    all namespaces (None), its Roles' in their own namespace. Read from the manifest, the one
+    source: tests/unit/test_packaging.py checks that it grants exactly what kubevents needs, and
+    this module that the API server enforces exactly what it grants."""
+    found = []
+    for doc in RBAC:
+        if doc["kind"] not in {"ClusterRole", "Role"}:
+            continue
+        namespace = doc["metadata"].get("namespace") if doc["kind"] == "Role" else None
+        for rule in doc["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    found += [(group, resource, verb, namespace) for verb in rule["verbs"]]
+    return found
+
+
 # What rbac.yaml grants, cluster-wide and in kubevents; and what it must not.
-GRANTED = (
-    [("", "events", verb, None) for verb in ("get", "list", "watch")]
-    + [("events.k8s.io", "events", verb, None) for verb in ("get", "list", "watch")]
-    + [
-        ("", "pods", "get", None),
-        ("", "replicationcontrollers", "get", None),
-        ("", "nodes", "get", None),
-        ("apps", "replicasets", "get", None),
-        ("apps", "deployments", "get", None),
-        ("apps", "statefulsets", "get", None),
-        ("apps", "daemonsets", "get", None),
-        ("batch", "jobs", "get", None),
-        ("batch", "cronjobs", "get", None),
-        ("coordination.k8s.io", "leases", "get", NAMESPACE),
-        ("coordination.k8s.io", "leases", "create", NAMESPACE),
-        ("coordination.k8s.io", "leases", "update", NAMESPACE),
-    ]
-)
+GRANTED = rbac_grants()
 DENIED = [
     ("", "pods", "list", None),
     ("", "pods", "watch", None),
@@ -326,6 +330,8 @@ DENIED = [
 
 
 def test_access_reviews_match_rbac_yaml(sa_api: k8s.ApiClient) -> None:
+    assert len(GRANTED) >= 10 and ("", "events", "watch", None) in GRANTED, GRANTED
+    assert ("coordination.k8s.io", "leases", "update", NAMESPACE) in GRANTED, GRANTED
     wrong = [
         f"{'denied' if expect else 'allowed'}: {verb} {group or 'core'}/{resource}"
         f" in {ns or 'all namespaces'}"

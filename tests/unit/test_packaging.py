@@ -7,6 +7,7 @@ sets is a real setting and loads, and the ClusterRole grants exactly what kubeve
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -182,15 +183,33 @@ def assert_real_settings(env: dict[str, str], where: str) -> None:
 # docker-compose.yml
 
 
+def stack_version(script: str, variable: str) -> str:
+    """The default version a stack/ script runs (``VAR="${VAR:-1.2.3}"``)."""
+    text = (ROOT / "stack" / script).read_text()
+    match = re.search(rf'^{variable}="\$\{{{variable}:-([^}}]+)\}}"', text, flags=re.M)
+    assert match, f"no default {variable} in stack/{script}"
+    return match.group(1)
+
+
 def test_compose_has_the_backing_services_with_healthchecks() -> None:
+    """The tags are docker-compose.yml's own (not copied here): each is pinned, and Kafka and
+    Elasticsearch are the release series (major.minor) the stack tests kubevents against."""
     services = compose()["services"]
-    for name, image in [
-        ("kafka", "apache/kafka:4.1.1"),
-        ("elasticsearch", "docker.elastic.co/elasticsearch/elasticsearch:8.19.3"),
-        ("mysql", "mysql:8.4"),
+    series = {
+        "kafka": stack_version("kafka.sh", "KAFKA_VERSION"),
+        "elasticsearch": stack_version("elasticsearch.sh", "ES_VERSION"),
+    }
+    for name, repository in [
+        ("kafka", "apache/kafka"),
+        ("elasticsearch", "docker.elastic.co/elasticsearch/elasticsearch"),
+        ("mysql", "mysql"),
     ]:
         assert name in services, f"no {name} service"
-        assert services[name].get("image") == image
+        image, _, tag = str(services[name].get("image")).rpartition(":")
+        assert image == repository, services[name].get("image")
+        assert re.fullmatch(r"\d+\.\d+(\.\d+)?", tag), f"{name}: tag {tag!r} is not a version"
+        if name in series:
+            assert tag.split(".")[:2] == series[name].split(".")[:2], (name, tag, series[name])
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
     es = compose_env(services["elasticsearch"])
     assert es["discovery.type"] == "single-node"
@@ -388,7 +407,9 @@ def test_dockerfile_installs_the_lock_then_the_project_and_runs_kubevents() -> N
     text = DOCKERFILE.read_text()
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     assert lines[0].startswith("#") or lines[0].startswith("FROM")
-    assert "FROM python:3.11-slim" in lines
+    # The Python the project declares (pyproject.toml's requires-python lower bound).
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert f"FROM python:{requires.removeprefix('>=')}-slim" in lines, requires
     lock = text.index("--require-hashes -r requirements.lock")
     project = text.index("pip install --no-deps .")
     assert lock < project

@@ -1,0 +1,70 @@
+"""The benchmark scripts run, at a tiny size, as a smoke check (``make test`` runs them once):
+each exits 0, prints its figures and saw every record arrive (the scripts themselves exit 1
+when a record is missing). The figures are not asserted: at this size they mean nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+from tests.integration.conftest import ROOT
+
+
+def run_bench(module: str, *args: str) -> tuple[str, dict[str, Any]]:
+    """Runs ``python -m MODULE ARGS``; (its output, the JSON summary it prints last)."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    out = result.stdout
+    assert result.returncode == 0, f"{module} exited {result.returncode}:\n{out}\n{result.stderr}"
+    start = out.rindex("\n{\n") + 1 if "\n{\n" in out else out.index("{\n")
+    return out, json.loads(out[start:])
+
+
+def test_bench_producer_runs_and_every_event_reaches_kafka() -> None:
+    events = 300
+    out, summary = run_bench(
+        "bench.producer", "--events", str(events), "--rounds", "1", "--page-size", "50"
+    )
+    assert f"created {events} events" in out
+    (round_line,) = [line for line in out.splitlines() if line.startswith("round 1: ")]
+    round_ = json.loads(round_line.removeprefix("round 1: "))
+    assert round_["events"] == round_["records_in_topic"] == events
+    assert summary["events"] == events and summary["rounds"] == 1
+    assert summary["all_records_in_topic"] is True
+    for figure in (
+        "bare_events_per_s_median",
+        "producer_events_per_s_median",
+        "producer_events_per_s_wall_median",
+        "ratio_of_medians",
+        "peak_rss_mib_max",
+    ):
+        assert figure in summary, figure
+
+
+def test_bench_core_runs_and_every_record_is_enriched() -> None:
+    """bench.core runs the bare loop, bench/faust_floor.py (Faust's own stream path) and a core
+    worker over the same records."""
+    messages = 400
+    out, summary = run_bench("bench.core", "--messages", str(messages))
+    assert f"preloaded {messages} raw messages" in out
+    assert summary["messages"] == summary["enriched_records"] == messages
+    assert summary["all_published"] is True
+    for figure in (
+        "bare_loop_events_per_s_after_first",
+        "core_events_per_s_after_first",
+        "core_events_per_s_wall",
+        "faust_floor_events_per_s",
+        "ratio_after_first",
+        "core_peak_rss_mib",
+    ):
+        assert figure in summary, figure
