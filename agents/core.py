@@ -1,8 +1,8 @@
 """The core agent: raw topic -> decode/dedupe/enrich/count -> enriched topic, DLQ and tables.
 
 It takes the raw records in batches, handed over by Faust's fetcher loop as it reads them (at
-most ``KUBEVENTS_CORE_BATCH_SIZE``; app/faust_fixes.py, ``deliver_in_batches``) instead of one
-event at a time through Faust's stream, and for each batch, in this order:
+most ``KUBEVENTS_CORE_BATCH_SIZE``; app/worker/faust_fixes.py, ``deliver_in_batches``) instead
+of one event at a time through Faust's stream, and for each batch, in this order:
   1. decides and builds every output (dedupe reads the table plus what this batch decided);
   2. publishes the outputs and waits until Kafka acknowledged all of them (acks=all);
   3. writes the count increments, then the dedupe rows, to the tables (tables/writer.py:
@@ -16,12 +16,11 @@ counted, tables/counts.py); after 3 the versions are known and a redelivery pass
 counts nothing. The table never runs ahead of the outputs, so a version is never dropped as "seen"
 without having been published.
 
-It runs on the batch loop every pipeline shares (app/worker/batch_loop.py: generation check,
-ack after the handler returns, crash on an unexpected error). Records of a batch whose consumer
+It runs on the batch loop every pipeline shares (app/worker/batch_loop.py: generation check, ack
+after the handler returns, crash on an unexpected error). Records of a batch whose consumer
 generation changed while it was handled (a rebalance meanwhile) are published but write no table
-rows, and their acks are not recorded (app/faust_fixes.py): the partition may belong to another
-worker now, which reads them again from the committed offset.
-"""
+rows, and their acks are not recorded (app/worker/faust_fixes.py): the partition may belong to
+another worker now, which reads them again from the committed offset."""
 
 from __future__ import annotations
 
@@ -29,15 +28,16 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from app import pipeline, views
-from app.enrich import Enricher
-from app.faust_context import current_for
-from app.kube import KubeClient
-from app.outputs import OutputPublisher, Record
+from app.core import counts_api
+from app.core import process as pipeline
+from app.core.enrich import Enricher
+from app.kafka.writer import OutputPublisher, Record
+from app.kube.client import KubeClient
 from app.settings import Settings
 from app.testing import faults
 from app.worker.app import bytes_topic
 from app.worker.batch_loop import BatchLoop
+from app.worker.faust_context import current_for
 from tables import dedupe
 from tables.counts import Counts
 from tables.expiring import ExpiringMap
@@ -49,7 +49,7 @@ log = logging.getLogger("kubevents.core")
 class Delivered:
     """A raw record as the core agent handles it: Faust's message, with its key and value."""
 
-    __slots__ = ("__weakref__", "key", "message", "value")  # weakref: app/faust_context.py
+    __slots__ = ("__weakref__", "key", "message", "value")  # weakref: app/worker/faust_context.py
 
     def __init__(self, message: Any) -> None:
         self.message, self.key, self.value = message, message.key, message.value
@@ -161,7 +161,7 @@ def register(app: Any, settings: Settings) -> None:
     """The core pipeline on ``app``: its tables, its counts API and its batch loop."""
     seen = dedupe.create(app, settings.core)
     counts = Counts(app, settings.core)
-    views.register(app, settings, counts.windows)
+    counts_api.register(app, settings, counts.windows)
     core = Core(app, settings, seen, counts)
     raw = bytes_topic(app, settings.topics.raw)
     BatchLoop(app, raw, core, name="core", batch_size=settings.core.batch_size).register()

@@ -35,13 +35,13 @@ def cmd_produce(args: argparse.Namespace) -> int:
         "leader_election": False if args.no_leader_election else None,
     }
     settings = _settings(args, producer=producer_flags)
-    from app import producer
+    from app.producer import service as producer
 
     return asyncio.run(producer.run(settings))
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from app.replay import replay
+    from app.producer.replay import replay
 
     settings = _settings(args)
     if args.file == "-":
@@ -60,7 +60,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from app.kafka import ensure_topics
+    from app.kafka.client import ensure_topics
 
     settings = _settings(args)
     created = asyncio.run(ensure_topics(settings.kafka, settings.topics))
@@ -80,7 +80,7 @@ def cmd_worker(args: argparse.Namespace) -> NoReturn:
         "data_dir": args.data_dir,
     }
     settings = _settings(args, core=core_flags)
-    from app.kafka import ensure_topics, pin_unstarted_partitions
+    from app.kafka.client import ensure_topics, pin_unstarted_partitions
 
     # Clear error if Kafka is unreachable; every topic exists with the same partition count
     # (tables are co-partitioned with the raw topic).
@@ -92,8 +92,8 @@ def cmd_worker(args: argparse.Namespace) -> NoReturn:
 
     import faust
 
-    from app import faust_fixes
     from app.testing import faults
+    from app.worker import faust_fixes
     from app.worker.app import create_app
 
     faust_fixes.apply()  # once, explicitly, before any Faust consumer exists

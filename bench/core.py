@@ -37,8 +37,8 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from app.envelope import build_raw, parse_raw
-from app.normalize import normalize
+from app.model.envelope import build_raw, parse_raw
+from app.model.normalize import normalize
 from app.settings import TopicSettings
 from bench.common import (
     ROOT,

@@ -1,11 +1,10 @@
-"""Faust's own stream path, for bench/core.py: a Faust agent that reads the raw topic one event
-at a time through Faust's stream (``noack_take``, in batches of 1000) and acks, doing nothing
-else, with kubevents' corrections to Faust's fetcher loop and commits applied (app/faust_fixes.py).
-Its rate is what that path costs per record here; the core worker bypasses it (its records come
-in batches straight from the fetcher loop). Run as a worker by bench/core.py:
-``python -m bench.faust_floor worker``, with BENCH_TOPIC, BENCH_N, BENCH_OUT and
-KUBEVENTS_KAFKA_BROKERS set.
-"""
+"""Faust's own stream path, for bench/core.py: a Faust agent that reads the raw topic one event at a
+time through Faust's stream (``noack_take``, in batches of 1000) and acks, doing nothing else,
+with kubevents' corrections to Faust's fetcher loop and commits applied
+(app/worker/faust_fixes.py). Its rate is what that path costs per record here; the core worker
+bypasses it (its records come in batches straight from the fetcher loop). Run as a worker by
+bench/core.py: ``python -m bench.faust_floor worker``, with BENCH_TOPIC, BENCH_N, BENCH_OUT and
+KUBEVENTS_KAFKA_BROKERS set."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from typing import Any
 
 import faust
 
-from app import faust_fixes
+from app.worker import faust_fixes
 
 faust_fixes.apply()
 TOPIC, N, OUT = os.environ["BENCH_TOPIC"], int(os.environ["BENCH_N"]), os.environ["BENCH_OUT"]

@@ -39,8 +39,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from app.kube import ApiError, KubeClient
-from app.producer import tune_gc
+from app.kube.client import ApiError, KubeClient
+from app.producer.service import tune_gc
 from app.settings import KubernetesSettings, ProducerSettings, TopicSettings
 from bench.common import (
     append_times,

@@ -26,8 +26,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from app.faust_context import current_for
 from app.settings import CoreSettings
+from app.worker.faust_context import current_for
 from tables.writer import Row
 
 

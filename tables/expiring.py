@@ -25,7 +25,7 @@ class ExpiringMap:
 
     def get(self, key: str, at: float) -> Any:
         """The value set in ``at``'s window or the one before. A RocksDB store needs the event
-        whose partition holds the key as the current event (app/faust_context.py)."""
+        whose partition holds the key as the current event (app/worker/faust_context.py)."""
         window, data = self.table.window, self.table.data
         value = data.get((key, window.current(at)))
         if value is None:

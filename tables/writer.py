@@ -6,7 +6,7 @@ count rows per event, that was ~40 % of the core worker's CPU (bench/core.py). T
 instead hands all rows of a batch here at once:
   1. each row is serialised as Faust serialises it (the table's own changelog topic and
      serialisers, so recovery and standbys read it as their own), and the rows are published
-     per changelog partition as ready-made Kafka batches (app/outputs.py), acks awaited;
+     per changelog partition as ready-made Kafka batches (app/kafka/writer.py), acks awaited;
   2. only then are they put in the store, registered for window expiry, and the changelog offset
      recorded as persisted (RocksDB stores start their recovery from it).
 A row lands on the changelog partition of the raw record that caused it (Faust's rule for
@@ -23,8 +23,8 @@ import orjson
 from faust.serializers import codecs
 from faust.types import TP
 
-from app.faust_context import current_for
-from app.outputs import OutputPublisher
+from app.kafka.writer import OutputPublisher
+from app.worker.faust_context import current_for
 
 
 def _dumps(serializer: Any, value: Any) -> bytes:

@@ -2,9 +2,8 @@
 
 ``create_app(settings, app_id)`` builds it; a pipeline's agents and tables register on the app they
 are handed (``agents/``, ``tables/``); ``kubevents worker --pipeline NAME`` builds the app, applies
-the Faust corrections (app/faust_fixes.py) and runs it. Importing this module reads no settings and
-builds nothing.
-"""
+the Faust corrections (app/worker/faust_fixes.py) and runs it. Importing this module reads no
+settings and builds nothing."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from typing import Any
 
 import faust
 
-from app.kafka import ssl_context
+from app.kafka.client import ssl_context
 from app.settings import KafkaSettings, Settings
 
 

@@ -1,8 +1,8 @@
 """The batch loop: how every pipeline commits only after the write. The one place of the protocol.
 
-Faust's fetcher loop hands a topic's records over in batches, straight from each fetch and in each
-partition's order (app/faust_fixes.py, ``deliver_in_batches``), into this loop's queue (at most
-two batches wait). For each batch the loop:
+Faust's fetcher loop hands a topic's records over in batches, straight from each fetch and in
+each partition's order (app/worker/faust_fixes.py, ``deliver_in_batches``), into this loop's
+queue (at most two batches wait). For each batch the loop:
   1. optionally lingers for more (up to ``linger_ms`` or ``linger_records``): sinks want fuller
      batches than one fetch; batches of another consumer generation are never merged;
   2. skips it if it was read before a rebalance (its consumer generation is not the current one):
@@ -12,8 +12,8 @@ two batches wait). For each batch the loop:
   3. awaits the pipeline's handler, which returns only once everything the batch must write is
      acknowledged by its destination (Kafka, a table's changelog, Elasticsearch, MySQL) or
      dead-lettered;
-  4. acks every record, which lets Faust commit their offsets (app/faust_fixes.py commits only
-     an unbroken run of acked offsets from the committed one).
+  4. acks every record, which lets Faust commit their offsets (app/worker/faust_fixes.py commits
+     only an unbroken run of acked offsets from the committed one).
 A handler that raises stops the worker (``app.crash``): going on past a failed batch would leave
 its offsets unacked and the commit stuck until a restart, so the worker stops and its
 replacement processes the batch again. At-least-once, then, and every write idempotent.
@@ -35,8 +35,8 @@ from typing import Any, Protocol
 
 from prometheus_client import Counter
 
-from app import faust_fixes
 from app.testing import faults
+from app.worker import faust_fixes
 
 log = logging.getLogger("kubevents.batch_loop")
 

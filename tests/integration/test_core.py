@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 from kubernetes import client as k8s
 
-from app.envelope import build_raw
+from app.model.envelope import build_raw
 from tests.fixtures.events import EVENTS_V1, core_event
 from tests.integration.conftest import (
     Proc,

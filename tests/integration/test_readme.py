@@ -32,7 +32,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from kubernetes import client as k8s
 
 from app.cli import build_parser
-from app.envelope import build_raw
+from app.model.envelope import build_raw
 from app.settings import Settings, TopicSettings
 from tests.fixtures.events import core_event
 from tests.integration.conftest import (

@@ -8,7 +8,7 @@ import pytest
 
 from app.cli import main
 from app.errors import UserError
-from app.replay import read_events
+from app.producer.replay import read_events
 from app.settings import load_settings
 from tests.fixtures.events import core_event
 

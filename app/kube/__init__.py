@@ -1,0 +1,1 @@
+"""The Kubernetes API: client, kubeconfig loading and one-line errors, Lease election."""

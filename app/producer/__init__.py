@@ -1,0 +1,2 @@
+"""`kubevents produce` and `kubevents replay`: list/watch source, bounded publisher, replay of
+dumps."""
