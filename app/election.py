@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import Gauge
 
 from app.kube import ApiError, KubeClient
+from app.testing import faults
 from app.timeutil import format_time
 
 log = logging.getLogger("kubevents.election")
@@ -150,6 +151,7 @@ class LeaseElector:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            faults.hit("election.round")  # tests: an elector that runs late (slow API, starved)
             started = self.clock()
             try:
                 held = self.try_acquire_or_renew()
