@@ -211,7 +211,7 @@ def test_sigkill_mid_list_of_a_backlog_then_restart_loses_nothing(
         assert hits >= 5 and listed < backlog_n - 2 * page, "the kill landed after the LIST"
         first = published(brokers, topic, idle_s=2)
         assert len(first) < backlog_n, f"the kill landed after the LIST ({len(first)} published)"
-        print(f"killed after {listed:.0f} listed, {len(first)} published, {hits} slowed pages")
+        print(f"killed after {listed:.0f} listed, {len(first)} published, {hits:.0f} slowed pages")
 
         during = create_events(api, ns, 100)  # while it is down
         for e in backlog[::25] + during[:10]:  # repeats of old and new ones while it is down
