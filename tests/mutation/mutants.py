@@ -64,6 +64,7 @@ MUTANTS: list[Mutant] = [
 ]
 
 # Producer (issue #10): leader election and re-lists.
+PRODUCER_TESTS = "tests/integration/test_producer.py"  # own name: this block stands alone
 ELECTION_START = """        producer.leading = elector.leading
         producer._thread("lease", lambda: elector.run(stop_all) if elector else None)
     else:
@@ -83,7 +84,7 @@ MUTANTS += [
         new=ELECTION_START.replace("        producer.leading = elector.leading\n", "").replace(
             "    else:\n        producer.start_sources()\n", "    producer.start_sources()\n"
         ),
-        tests=(f"{PRODUCER}::test_two_replicas_publish_once_and_fail_over_within_the_lease",),
+        tests=(f"{PRODUCER_TESTS}::test_two_replicas_publish_once_and_fail_over_within_the_lease",),
     ),
     Mutant(
         name="leader-keeps-publishing-after-losing-lease",
@@ -94,7 +95,7 @@ MUTANTS += [
         old="            self.is_leader and self.clock() - self._renewed_from < self.duration"
         " * LEADING_FRACTION\n",
         new="            self.is_leader\n",
-        tests=(f"{PRODUCER}::test_frozen_leader_publishes_nothing_once_it_lost_the_lease",),
+        tests=(f"{PRODUCER_TESTS}::test_frozen_leader_publishes_nothing_once_it_lost_the_lease",),
     ),
     Mutant(
         name="relist-publishes-nothing",
@@ -104,8 +105,8 @@ MUTANTS += [
         old=LIST_SINK,
         new=LIST_SINK.replace("                    self.sink(records)\n", ""),
         tests=(
-            f"{PRODUCER}::test_list_continue_token_expired_mid_list_lists_again_without_loss",
-            f"{PRODUCER}::test_sigkill_mid_list_of_a_backlog_then_restart_loses_nothing",
+            f"{PRODUCER_TESTS}::test_list_continue_token_expired_mid_list_lists_again_without_loss",
+            f"{PRODUCER_TESTS}::test_sigkill_mid_list_of_a_backlog_then_restart_loses_nothing",
         ),
     ),
 ]
