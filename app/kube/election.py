@@ -20,10 +20,15 @@ from prometheus_client import Gauge
 
 from app.kube.client import ApiError, KubeClient
 from app.model.timeutil import format_time
+from app.testing import faults
 
 log = logging.getLogger("kubevents.election")
 
 LEADER = Gauge("kubevents_producer_leader", "1 while this replica holds the Lease.")
+
+# A holder publishes, and keeps leading, only while its last renewal started less than this part
+# of the lease ago: the rest is the margin for clock rates and the other replica's polling.
+LEADING_FRACTION = 0.8
 
 
 class LeaseElector:
@@ -50,7 +55,9 @@ class LeaseElector:
         self.holder: str | None = None
         self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
         self._observed_at = 0.0
-        self._last_renew = 0.0
+        # When the last successful round *started*: the API server wrote our renewTime after
+        # that, so no other replica can count the lease from an earlier instant.
+        self._renewed_from = 0.0
 
     def _spec(self, previous: dict[str, Any] | None) -> dict[str, Any]:
         now = format_time(datetime.now(UTC))
@@ -109,6 +116,13 @@ class LeaseElector:
         self.holder = self.identity
         return True
 
+    def leading(self) -> bool:
+        """May this replica publish now? Leader, and the lease renewed recently enough that no
+        other replica can have taken it over, even if our own thread has not noticed yet."""
+        return (
+            self.is_leader and self.clock() - self._renewed_from < self.duration * LEADING_FRACTION
+        )
+
     def release(self) -> None:
         """Give the Lease up on shutdown so the other replica takes over at once."""
         if not self.is_leader:
@@ -137,6 +151,8 @@ class LeaseElector:
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
+            faults.hit("election.round")  # tests: an elector that runs late (slow API, starved)
+            started = self.clock()
             try:
                 held = self.try_acquire_or_renew()
             except (ApiError, ConnectionError, OSError, ValueError) as exc:
@@ -144,12 +160,11 @@ class LeaseElector:
                 held = False
                 if isinstance(exc, ApiError) and exc.status in (401, 403):
                     raise
-            now = self.clock()
             if held:
-                self._last_renew = now
+                self._renewed_from = started
                 self._set_leader(True)
             elif self.is_leader and (
-                now - self._last_renew > self.duration * 0.8
+                self.clock() - self._renewed_from > self.duration * LEADING_FRACTION
                 or self.holder not in (None, self.identity)
             ):
                 # Step down before the Lease can be seen as expired by another replica.

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -32,6 +33,10 @@ BLOCKED = Gauge(
     "kubevents_producer_kafka_blocked", "1 while reading is paused because Kafka is not keeping up."
 )
 
+# Asked right before a batch of n records goes to Kafka's client: True to send it, False to drop
+# it; it may wait.
+Allowed = Callable[[int], Awaitable[bool]]
+
 
 class Publisher:
     def __init__(self, kafka: RenewingProducer, topic: str, max_in_flight: int):
@@ -44,12 +49,16 @@ class Publisher:
         self._idle.set()
         self._last_error_log = 0.0
 
-    async def publish(self, records: list[tuple[bytes, bytes]]) -> None:
+    async def publish(
+        self, records: list[tuple[bytes, bytes]], allowed: Allowed | None = None
+    ) -> None:
         """Hand records to Kafka; returns once each has a slot (not once delivered).
 
         Records are grouped by partition (murmur2 of the key, exactly as aiokafka's and Java's
         default partitioner) into ready-made batches: one future per batch instead of one per
-        record is what lets the producer keep up with a bare LIST.
+        record is what lets the producer keep up with a bare LIST. ``allowed`` is asked before
+        each batch is handed to Kafka's client, after any wait for room (the producer's
+        leadership check, which must hold at the moment of sending, not when the batch was read).
         """
         producer = self._kafka.current
         partitions = sorted(await producer.partitions_for(self._topic))
@@ -61,7 +70,7 @@ class Publisher:
             for start in range(0, len(items), self._max):
                 part = items[start : start + self._max]
                 for batch, chunk in ready_batches(producer, part):
-                    await self._send_batch(producer, batch, partition, chunk)
+                    await self._send_batch(producer, batch, partition, chunk, allowed)
 
     async def _take_slots(self, n: int) -> None:
         while self._pending + n > self._max:
@@ -87,8 +96,12 @@ class Publisher:
         batch: Any,
         partition: int,
         chunk: list[tuple[bytes, bytes]],
+        allowed: Allowed | None = None,
     ) -> None:
         await self._take_slots(len(chunk))
+        if allowed is not None and not await allowed(len(chunk)):
+            self._release(len(chunk))
+            return
         try:
             fut = await producer.send_batch(batch, self._topic, partition=partition)
         except KafkaError as exc:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+
+from prometheus_client import Counter
 
 from app.errors import UserError
 from app.kafka.client import ensure_topics, start_producer
@@ -22,6 +25,12 @@ from app.settings import Settings
 from app.testing import faults
 
 log = logging.getLogger("kubevents.producer")
+
+WITHHELD = Counter(
+    "kubevents_producer_withheld_total",
+    "Records read and not handed to Kafka because this replica's leadership lapsed before they"
+    " could be sent (whoever leads next re-lists them).",
+)
 
 
 def preflight(client: KubeClient, settings: Settings) -> None:
@@ -58,19 +67,38 @@ class Producer:
         self._source_stop = threading.Event()
         self._lock = threading.Lock()
         self._handoff = threading.local()  # per source thread: its batch being handed over
+        # May this replica publish now? Without leader election, always; with it, the elector's
+        # ``leading()``, asked right before each batch goes to Kafka's client.
+        self.leading: Callable[[], bool] = lambda: True
 
-    def sink(self, records: Records) -> None:
+    async def _allowed(self, stop: threading.Event, n: int) -> bool:
+        """Right before a batch goes to Kafka's client: wait while leadership is in doubt (a
+        renewal late, or this process was frozen and its elector has not run yet), send once it
+        is valid, drop the batch once its sources were stopped (we stepped down: the next
+        leader, maybe us again, re-lists from scratch, so nothing is lost)."""
+        while not self.leading():
+            if stop.is_set():
+                WITHHELD.inc(n)
+                return False
+            await asyncio.sleep(0.05)  # polled: the elector runs in its own thread
+        return True
+
+    def sink(self, records: Records, *, stop: threading.Event) -> None:
         """Called from a source thread: hands ``records`` to the event loop for publishing.
 
         Returns as soon as the *previous* batch of this thread has been handed to Kafka's client,
         so that the source reads and encodes its next page while this one is published: one
         batch ahead, never more, and batches of one source are published in order. Blocks while
         Kafka is not keeping up (backpressure: the publisher holds at most the in-flight limit).
+        ``stop`` is the stop event of the sources this batch was read by: once it is set, a batch
+        that may no longer be published is dropped instead of waited on.
         """
         previous: Future[None] | None = getattr(self._handoff, "pending", None)
         if previous is not None:
             previous.result()
-        future = asyncio.run_coroutine_threadsafe(self.publisher.publish(records), self.loop)
+        future = asyncio.run_coroutine_threadsafe(
+            self.publisher.publish(records, functools.partial(self._allowed, stop)), self.loop
+        )
         future.add_done_callback(self._publish_done)
         self._handoff.pending = future
 
@@ -98,13 +126,13 @@ class Producer:
     def start_sources(self) -> None:
         """Begin list+watch (on becoming leader). A new leader always re-lists."""
         with self._lock:
-            self._source_stop = threading.Event()
+            stop = self._source_stop = threading.Event()
             scopes: list[str | None] = [*self.settings.producer.namespaces] or [None]
             self._sources = [
                 EventSource(
                     self.client.clone(),
                     self.settings.producer,
-                    self.sink,
+                    functools.partial(self.sink, stop=stop),
                     cluster=self.settings.cluster.name,
                     namespace=ns,
                     stop=self._source_stop,
@@ -170,6 +198,7 @@ async def run(settings: Settings) -> int:
             on_started=producer.start_sources,
             on_stopped=producer.stop_sources,
         )
+        producer.leading = elector.leading
         producer._thread("lease", lambda: elector.run(stop_all) if elector else None)
     else:
         producer.start_sources()

@@ -22,6 +22,7 @@ from app.kube.client import ApiError, KubeClient
 from app.model.envelope import ListPage, build_raw
 from app.model.timeutil import now_iso
 from app.settings import ProducerSettings
+from app.testing import faults
 
 log = logging.getLogger("kubevents.source")
 
@@ -30,7 +31,12 @@ WATCHED = Counter("kubevents_producer_watched_total", "Watch notifications, by t
 WATCH_RESTARTS = Counter(
     "kubevents_producer_watch_restarts_total", "Watches started again, by reason.", ["reason"]
 )
-RELISTS = Counter("kubevents_producer_relists_total", "Full LISTs, by reason.", ["reason"])
+RELISTS = Counter(
+    "kubevents_producer_relists_total",
+    "Full LISTs, by reason: start, gone (the watch's resourceVersion expired), continue-expired"
+    " (a LIST's continue token expired between two pages: listed again from the start).",
+    ["reason"],
+)
 LAST_RV = Gauge("kubevents_producer_last_resource_version", "Last resourceVersion seen.")
 
 Records = list[tuple[bytes, bytes]]
@@ -111,6 +117,7 @@ class EventSource:
                 except ApiError as exc:
                     if exc.status == 410 and cont:  # continue token expired mid-list: start over
                         log.warning("list continue token expired; listing again from the start")
+                        RELISTS.labels("continue-expired").inc()
                         cont, snapshot_rv = None, ""
                         pending = ahead.submit(self._list_page, None)
                         continue
@@ -128,6 +135,7 @@ class EventSource:
                     producer=self.settings.identity,
                 )
                 del page
+                faults.hit("source.list-page", n=len(records))  # tests: slow or kill a LIST
                 if records:
                     self.sink(records)
                     LISTED.inc(len(records))

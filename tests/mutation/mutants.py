@@ -61,3 +61,51 @@ MUTANTS: list[Mutant] = [
         ),
     ),
 ]
+
+# Producer (issue #10): leader election and re-lists.
+PRODUCER_TESTS = "tests/integration/test_producer.py"  # own name: this block stands alone
+ELECTION_START = """        producer.leading = elector.leading
+        producer._thread("lease", lambda: elector.run(stop_all) if elector else None)
+    else:
+        producer.start_sources()
+"""
+LIST_SINK = """                if records:
+                    self.sink(records)
+                    LISTED.inc(len(records))
+"""
+MUTANTS += [
+    Mutant(
+        name="follower-publishes",
+        why="every replica lists, watches and publishes from its start, leader or not, and "
+        "without the leadership check: two replicas publish everything twice",
+        path="app/producer/service.py",
+        old=ELECTION_START,
+        new=ELECTION_START.replace("        producer.leading = elector.leading\n", "").replace(
+            "    else:\n        producer.start_sources()\n", "    producer.start_sources()\n"
+        ),
+        tests=(f"{PRODUCER_TESTS}::test_two_replicas_publish_once_and_fail_over_within_the_lease",),
+    ),
+    Mutant(
+        name="leader-keeps-publishing-after-losing-lease",
+        why="the right to publish is is_leader alone, not a renewal recent enough: a leader "
+        "resumed after a freeze publishes what its watch buffered until its late elector steps "
+        "down, after the other replica took over",
+        path="app/kube/election.py",
+        old="            self.is_leader and self.clock() - self._renewed_from < self.duration"
+        " * LEADING_FRACTION\n",
+        new="            self.is_leader\n",
+        tests=(f"{PRODUCER_TESTS}::test_frozen_leader_publishes_nothing_once_it_lost_the_lease",),
+    ),
+    Mutant(
+        name="relist-publishes-nothing",
+        why="LIST pages are read and counted but never handed to Kafka: a (re-)list after a "
+        "restart or an expired continue token publishes nothing, only the watch does",
+        path="app/producer/source.py",
+        old=LIST_SINK,
+        new=LIST_SINK.replace("                    self.sink(records)\n", ""),
+        tests=(
+            f"{PRODUCER_TESTS}::test_list_continue_token_expired_mid_list_lists_again_without_loss",
+            f"{PRODUCER_TESTS}::test_sigkill_mid_list_of_a_backlog_then_restart_loses_nothing",
+        ),
+    ),
+]
