@@ -149,7 +149,11 @@ def test_readme_topics_creates_the_three_topics(brokers: str, names: dict[str, s
     assert first.stdout == f"created: {', '.join(topics)}\n"
     partitions = int(documented_default("KUBEVENTS_TOPICS_RAW").split(" / ")[-1])
     assert partitions == TopicSettings().partitions == 6
-    assert topic_partitions(brokers, topics) == dict.fromkeys(topics, partitions)
+    # Created topics reach the brokers' metadata a moment after CreateTopics returned.
+    deadline = time.monotonic() + 15
+    while (found := topic_partitions(brokers, topics)) != dict.fromkeys(topics, partitions):
+        assert time.monotonic() < deadline, found
+        time.sleep(0.5)
     again = cli(args, topic_env(names))
     assert again.returncode == 0, again.stderr
     assert again.stdout == "created: nothing (all exist)\n"
