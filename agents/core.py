@@ -1,7 +1,7 @@
 """The core agent: raw topic -> decode/dedupe/enrich/count -> enriched topic, DLQ and tables.
 
 It takes the raw records in batches, handed over by Faust's fetcher loop as it reads them (at
-most ``KUBEVENTS_CORE_BATCH_SIZE``; app/worker/faust_fixes.py, ``deliver_in_batches``) instead
+most ``KUBEVENTS_WORKER_BATCH_SIZE``; app/worker/faust_fixes.py, ``deliver_in_batches``) instead
 of one event at a time through Faust's stream, and for each batch, in this order:
   1. decides and builds every output (dedupe reads the table plus what this batch decided);
   2. publishes the outputs and waits until Kafka acknowledged all of them (acks=all);
@@ -164,4 +164,4 @@ def register(app: Any, settings: Settings) -> None:
     counts_api.register(app, settings, counts.windows)
     core = Core(app, settings, seen, counts)
     raw = bytes_topic(app, settings.topics.raw)
-    BatchLoop(app, raw, core, name="core", batch_size=settings.core.batch_size).register()
+    BatchLoop(app, raw, core, name="core", batch_size=settings.worker.batch_size).register()

@@ -73,13 +73,13 @@ def cmd_worker(args: argparse.Namespace) -> NoReturn:
         raise UserError(
             f"unknown pipeline {args.pipeline}: available: {', '.join(sorted(PIPELINES))}"
         )
-    core_flags = {
+    worker_flags = {
         "web_port": args.web_port,
         "web_host": args.web_host,
         "store": args.store,
         "data_dir": args.data_dir,
     }
-    settings = _settings(args, core=core_flags)
+    settings = _settings(args, worker=worker_flags)
     from app.kafka.client import ensure_topics, pin_unstarted_partitions
 
     # Clear error if Kafka is unreachable; every topic exists with the same partition count

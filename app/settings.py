@@ -131,8 +131,10 @@ class ProducerSettings(BaseModel):
     _split_namespaces = field_validator("namespaces", mode="before")(_split_csv)
 
 
-class CoreSettings(BaseModel):
-    app_id: str = Field("kubevents-core", description="Faust app id = consumer group.")
+class WorkerSettings(BaseModel):
+    """How a worker process runs, whatever its pipeline: Faust's store, web server, group
+    membership and batch size (the pipeline's own logic has its own section)."""
+
     store: str = Field("memory://", description="Table store: memory:// or rocksdb://.")
     data_dir: Path = Field(Path("kubevents-data"), description="Faust data dir (RocksDB).")
     web_host: str = Field(
@@ -148,13 +150,17 @@ class CoreSettings(BaseModel):
     session_timeout_s: float = Field(
         30.0, gt=0, description="A worker silent this long is dead: its partitions move, s."
     )
-    max_record_bytes: int = Field(1 << 20, ge=1024, description="Larger raw records go to DLQ.")
     batch_size: int = Field(
         1000,
         ge=1,
         description="Most raw records processed (and their outputs published) together; a batch"
         " is what one fetch brought, so nothing waits for a batch to fill.",
     )
+
+
+class CoreSettings(BaseModel):
+    app_id: str = Field("kubevents-core", description="Faust app id = consumer group.")
+    max_record_bytes: int = Field(1 << 20, ge=1024, description="Larger raw records go to DLQ.")
     dedupe_ttl_s: float = Field(
         4500.0, gt=0, description="Keep an event uid this long (API server keeps events 1 h)."
     )
@@ -195,6 +201,7 @@ class Settings(BaseSettings):
     topics: TopicSettings = Field(default_factory=TopicSettings)  # type: ignore[arg-type]
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)  # type: ignore[arg-type]
     producer: ProducerSettings = Field(default_factory=ProducerSettings)  # type: ignore[arg-type]
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)  # type: ignore[arg-type]
     core: CoreSettings = Field(default_factory=CoreSettings)  # type: ignore[arg-type]
     faults: str = Field(
         default="",

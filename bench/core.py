@@ -208,7 +208,7 @@ def main() -> None:
         "KUBEVENTS_TOPICS_DLQ": f"bench-{tag}-dlq",
         "KUBEVENTS_CORE_APP_ID": f"bench-{tag}",
         "KUBEVENTS_CORE_OWNER_LOOKUP": "false",
-        "KUBEVENTS_CORE_WEB_PORT": str(port),
+        "KUBEVENTS_WORKER_WEB_PORT": str(port),
     }
     started = time.monotonic()
     proc = start(["worker", "--pipeline", "core", "--loglevel", "warning"], env, "bench-core.log")

@@ -73,8 +73,8 @@ def main() -> int:
     env = {"KUBEVENTS_TOPICS_RAW": f"demo-{tag}-raw", "KUBEVENTS_TOPICS_ENRICHED": f"demo-{tag}",
            "KUBEVENTS_TOPICS_DLQ": f"demo-{tag}-dlq", "KUBEVENTS_CORE_APP_ID": f"demo-{tag}",
            "KUBEVENTS_PRODUCER_NAMESPACES": ns, "KUBEVENTS_PRODUCER_LEASE_NAME": f"demo-{tag}",
-           "KUBEVENTS_CLUSTER_NAME": "local", "KUBEVENTS_CORE_WEB_PORT": "6066",
-           "KUBEVENTS_CORE_WEB_HOST": "127.0.0.1"}
+           "KUBEVENTS_CLUSTER_NAME": "local", "KUBEVENTS_WORKER_WEB_PORT": "6066",
+           "KUBEVENTS_WORKER_WEB_HOST": "127.0.0.1"}
     procs = [
         start(["produce", "--http-port", "8081"], {**env, "KUBEVENTS_PRODUCER_IDENTITY": "a"}, "a"),
         start(["produce", "--http-port", "8082"], {**env, "KUBEVENTS_PRODUCER_IDENTITY": "b"}, "b"),

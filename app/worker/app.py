@@ -31,28 +31,28 @@ def broker_credentials(kafka: KafkaSettings) -> Any:
 
 def create_app(settings: Settings, app_id: str) -> faust.App:
     """The Faust app of the pipeline ``app_id`` (its consumer group), with kubevents' defaults."""
-    core = settings.core
+    worker = settings.worker
     return faust.App(
         app_id,
         broker=[f"kafka://{b}" for b in settings.kafka.bootstrap_servers],
         broker_credentials=broker_credentials(settings.kafka),
-        store=core.store,
-        datadir=str(core.data_dir),
+        store=worker.store,
+        datadir=str(worker.data_dir),
         topic_partitions=settings.topics.partitions,
         topic_replication_factor=settings.topics.replication_factor,
-        table_standby_replicas=core.standby_replicas,
-        web_host=core.web_host,
-        web_bind=core.web_bind,
-        web_port=core.web_port,
-        canonical_url=core.canonical_url or f"http://{core.web_host}:{core.web_port}",
+        table_standby_replicas=worker.standby_replicas,
+        web_host=worker.web_host,
+        web_bind=worker.web_bind,
+        web_port=worker.web_port,
+        canonical_url=worker.canonical_url or f"http://{worker.web_host}:{worker.web_port}",
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_compression_type=(
             None if settings.kafka.compression == "none" else settings.kafka.compression
         ),
         producer_linger_ms=settings.kafka.linger_ms,
-        broker_session_timeout=core.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, core.session_timeout_s / 3),
+        broker_session_timeout=worker.session_timeout_s,
+        broker_heartbeat_interval=min(3.0, worker.session_timeout_s / 3),
         # The core agent publishes its outputs itself and acks a record only once they are
         # acknowledged (agents/core.py); nothing is sent through Faust's attachments.
         stream_publish_on_commit=False,

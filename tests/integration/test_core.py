@@ -83,8 +83,8 @@ def worker_env(names: dict[str, str], **extra: str) -> dict[str, str]:
         KUBEVENTS_TOPICS_PARTITIONS="4",
         KUBEVENTS_CORE_OWNER_LOOKUP="false",
         KUBEVENTS_CLUSTER_NAME="it",
-        KUBEVENTS_CORE_SESSION_TIMEOUT_S="8",
-        KUBEVENTS_CORE_WEB_HOST="127.0.0.1",
+        KUBEVENTS_WORKER_SESSION_TIMEOUT_S="8",
+        KUBEVENTS_WORKER_WEB_HOST="127.0.0.1",
     )
     env.update(extra)
     return env
@@ -94,9 +94,9 @@ def start_worker(
     procs: list[Proc], env: dict[str, str], name: str = "core", data_dir: Path | None = None
 ) -> int:
     port = free_port()
-    extra = {"KUBEVENTS_CORE_WEB_PORT": str(port)}
+    extra = {"KUBEVENTS_WORKER_WEB_PORT": str(port)}
     if data_dir is not None:
-        extra["KUBEVENTS_CORE_DATA_DIR"] = str(data_dir)
+        extra["KUBEVENTS_WORKER_DATA_DIR"] = str(data_dir)
     procs.append(Proc(["worker", "--pipeline", "core"], {**env, **extra}, name))
     wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120)
     return port
@@ -189,9 +189,9 @@ def test_sigkill_mid_stream_loses_nothing(
     produce(brokers, names["KUBEVENTS_TOPICS_RAW"], messages)
     env = worker_env(
         names,
-        KUBEVENTS_CORE_STORE="rocksdb://",
-        KUBEVENTS_CORE_DATA_DIR=str(tmp_path / "data"),
-        KUBEVENTS_CORE_BATCH_SIZE="200",
+        KUBEVENTS_WORKER_STORE="rocksdb://",
+        KUBEVENTS_WORKER_DATA_DIR=str(tmp_path / "data"),
+        KUBEVENTS_WORKER_BATCH_SIZE="200",
     )
     port = start_worker(
         procs, {**env, "KUBEVENTS_FAULTS": f"core.before-publish=hang@{total * 2 // 5}"}, "core-a"
@@ -312,7 +312,7 @@ def test_two_workers_share_partitions_and_survive_the_death_of_one(
     first batch of the second stream, decided and not published (fault point
     core.before-publish). a must take b's partitions back with the rows b wrote, read b's
     records in flight again, and let no duplicate of the first stream pass."""
-    env = worker_env(names, KUBEVENTS_CORE_STORE=store)
+    env = worker_env(names, KUBEVENTS_WORKER_STORE=store)
     group, topic = names["KUBEVENTS_CORE_APP_ID"], names["KUBEVENTS_TOPICS_RAW"]
     n = 200
     port_b = start_worker(
@@ -380,13 +380,13 @@ def test_worker_dying_between_count_rows_and_dedupe_rows_counts_exactly(
     group, topic = names["KUBEVENTS_CORE_APP_ID"], names["KUBEVENTS_TOPICS_RAW"]
     produce(brokers, topic, messages[:half])
     occurrences = n + 2 * len(range(0, n, 3))
-    env = worker_env(names, KUBEVENTS_CORE_BATCH_SIZE="50")
+    env = worker_env(names, KUBEVENTS_WORKER_BATCH_SIZE="50")
     doomed_port = free_port()
     doomed = Proc(
         ["worker", "--pipeline", "core"],
         {
             **env,
-            "KUBEVENTS_CORE_WEB_PORT": str(doomed_port),
+            "KUBEVENTS_WORKER_WEB_PORT": str(doomed_port),
             "KUBEVENTS_FAULTS": f"core.after-count-rows=exit@{half}",
         },
         "core-doomed",
@@ -462,7 +462,7 @@ def test_workers_joining_and_leaving_under_traffic_lose_nothing_and_count_once(
     rebalance's seek lasts 1.5 s, so that records read from the sought position are handed over
     when Faust resumes the flow (and used to be cleared: the Faust-channel mutant)."""
     faults, store = variant
-    env = worker_env(names, KUBEVENTS_CORE_STORE=store)
+    env = worker_env(names, KUBEVENTS_WORKER_STORE=store)
     if faults:
         env["KUBEVENTS_FAULTS"] = faults
     # The first worker holds a batch until a rebalance; or, in the slow variant, it is always

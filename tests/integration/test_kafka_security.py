@@ -238,13 +238,15 @@ def test_core_worker_consumes_and_publishes_over_sasl_ssl(
         **secured.sasl("SCRAM-SHA-512"),
         "KUBEVENTS_TOPICS_PARTITIONS": "2",
         "KUBEVENTS_CORE_OWNER_LOOKUP": "false",
-        "KUBEVENTS_CORE_WEB_HOST": "127.0.0.1",
+        "KUBEVENTS_WORKER_WEB_HOST": "127.0.0.1",
     }
     result = kubevents("replay", "-q", str(DUMP), env=env)
     assert result.returncode == 0, result.stderr
     port = free_port()
     procs.append(
-        Proc(["worker", "--pipeline", "core"], {**env, "KUBEVENTS_CORE_WEB_PORT": str(port)}, "sec")
+        Proc(
+            ["worker", "--pipeline", "core"], {**env, "KUBEVENTS_WORKER_WEB_PORT": str(port)}, "sec"
+        )
     )
     wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120)
     enriched = json_values(consume(brokers, names["KUBEVENTS_TOPICS_ENRICHED"], until=3))

@@ -262,8 +262,8 @@ def pipeline(brokers: str, api: k8s.ApiClient) -> Iterator[Pipeline]:
                 readme_args("worker"),
                 {
                     **common,
-                    "KUBEVENTS_CORE_WEB_PORT": str(p.worker_port),
-                    "KUBEVENTS_CORE_WEB_HOST": "127.0.0.1",
+                    "KUBEVENTS_WORKER_WEB_PORT": str(p.worker_port),
+                    "KUBEVENTS_WORKER_WEB_HOST": "127.0.0.1",
                 },
                 "readme-worker",
             )

@@ -263,7 +263,7 @@ def test_compose_worker_core_can_be_scaled() -> None:
         else:
             parts = str(port).split(":")
             assert len(parts) == 1 or not parts[-2], f"fixed host port {port}"
-    assert compose_env(worker)["KUBEVENTS_CORE_WEB_BIND"] == "0.0.0.0"
+    assert compose_env(worker)["KUBEVENTS_WORKER_WEB_BIND"] == "0.0.0.0"
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,12 +322,12 @@ def test_container_environment_is_real_settings(cid: str, monkeypatch: pytest.Mo
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         assert ports["http"] == settings.producer.http_port
     else:
-        assert settings.core.web_bind == "0.0.0.0"
-        assert settings.core.store == "rocksdb://"
-        assert str(settings.core.data_dir) == "/data"
+        assert settings.worker.web_bind == "0.0.0.0"
+        assert settings.worker.store == "rocksdb://"
+        assert str(settings.worker.data_dir) == "/data"
         service = doc["spec"]["serviceName"]
-        assert settings.core.canonical_url == (
-            f"http://kubevents-core-0.{service}.{NAMESPACE}.svc:{settings.core.web_port}"
+        assert settings.worker.canonical_url == (
+            f"http://kubevents-core-0.{service}.{NAMESPACE}.svc:{settings.worker.web_port}"
         )
         mounts = {m["mountPath"] for m in c["volumeMounts"]}
         assert "/data" in mounts

@@ -44,7 +44,7 @@ def test_yaml_file_with_env_override(monkeypatch: pytest.MonkeyPatch) -> None:
     s = load_settings(str(EXAMPLE))
     assert s.cluster.name == "prod-eu-1" and s.kafka.compression == "zstd"
     assert s.topics.partitions == 3, "environment beats the file"
-    assert s.core.store == "rocksdb://"
+    assert s.worker.store == "rocksdb://"
 
 
 def test_config_command_never_prints_secrets(
