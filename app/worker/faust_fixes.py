@@ -83,9 +83,6 @@ class _ReadState:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.seeks = 0  # seeks to committed offsets done so far
-        # The consumer generation of the last seek to committed offsets: records read under a
-        # generation before its own seek are not handed over (see _Batches.flush).
-        self.sought_generation: int | None = None
         self.reseek: dict[Any, tuple[int, int]] = {}  # partition -> (offset, times) sought back
 
     def advance(self, read_offset: Any, seeks: int, nexts: dict[Any, int]) -> None:
@@ -118,7 +115,6 @@ async def _seek_all(consumer: Any, faust: Any, streamed: Any) -> Any:
     state = _state(faust)
     with state.lock:
         state.seeks += 1
-        state.sought_generation = faust.app.consumer_generation_id
         for tp, offset in committed.items():
             key = faust_consumer.ensure_TP(tp)
             faust._read_offset[key] = offset
@@ -241,14 +237,7 @@ class _Batches:
         consumer, state = self.consumer, self.state
         generation = consumer.app.consumer_generation_id
         with state.lock:
-            # Read before a seek: they come again from the sought position. And nothing is
-            # handed over in a generation before its own seek: Faust resumes the stream
-            # partitions before it seeks them, and during the tables' recovery, so records
-            # fetched from wherever the fetcher was would be decided against tables still being
-            # restored (their count increments were then overwritten by the restore: counts
-            # short after a rebalance, in the join/leave test's slow variant), and are read
-            # again after the seek anyway.
-            handed = state.seeks == self.seeks and state.sought_generation == generation
+            handed = state.seeks == self.seeks  # else read before a seek: they come again
         for topic, records in self.pending.items():
             if any(getattr(m, "generation_id", None) != generation for m in records):
                 handed = False

@@ -49,37 +49,9 @@ def consumer() -> Any:
     )
 
 
-def sought(generation: int = 1) -> _ReadState:
-    """The read state once the generation's seek to committed offsets happened."""
-    state = _ReadState()
-    state.sought_generation = generation
-    return state
-
-
-def test_nothing_is_handed_over_before_the_generations_seek(receiver: Receiver) -> None:
-    """Faust resumes the stream partitions (and, during recovery, the flow) before it seeks them
-    to the committed offsets: records fetched then must wait for the seek, not reach tables
-    still being restored."""
-
-    async def run() -> Any:
-        c = consumer()
-        c.app.consumer_generation_id = 2
-        state = sought(generation=1)  # generation 2's seek has not happened yet
-        b = _Batches(c, state)
-        for offset in (10, 11, 12):
-            await b.add(0, message(0, offset, generation=2), 0)
-        assert receiver.batches == [] and c._read_offset[0] == 10, "kept for after the seek"
-        state.sought_generation = 2
-        for offset in (10, 11, 12):
-            await b.add(0, message(0, offset, generation=2), 0)
-        assert receiver.batches == [[(0, 10), (0, 11), (0, 12)]] and c._read_offset[0] == 13
-
-    asyncio.run(run())
-
-
 def test_hands_over_in_order_and_moves_read_offsets(receiver: Receiver) -> None:
     async def run() -> Any:
-        c, state = consumer(), sought()
+        c, state = consumer(), _ReadState()
         b = _Batches(c, state)
         for m in [message(0, 10), message(1, 20), message(0, 11)]:
             assert b.next_offset(m.partition, 0, c._read_offset[m.partition]) == m.offset
@@ -96,7 +68,7 @@ def test_hands_over_in_order_and_moves_read_offsets(receiver: Receiver) -> None:
 
 def test_a_batch_of_an_earlier_generation_or_before_a_seek_is_dropped(receiver: Receiver) -> None:
     async def run() -> Any:
-        c, state = consumer(), sought()
+        c, state = consumer(), _ReadState()
         b = _Batches(c, state)
         await b.add(0, message(0, 10), 0)
         c.app.consumer_generation_id = 2  # a rebalance: the partition may be another's now
@@ -116,7 +88,7 @@ def test_a_flow_suspension_while_the_channel_is_full_drops_the_batch() -> None:
 
     async def run() -> Any:
         c = consumer()
-        b = _Batches(c, sought())
+        b = _Batches(c, _ReadState())
         await b.add(0, message(0, 10), 0)
         asyncio.get_running_loop().call_later(0.05, c.suspend_flow.set)
         await asyncio.wait_for(b.flush(), 5)  # returns once the flow is suspended
