@@ -128,6 +128,21 @@ def topic_env(names: dict[str, str]) -> dict[str, str]:
 # commands that need no running pipeline
 
 
+def run_bash(script: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A README shell block, run by bash as written; a non-zero exit fails the test."""
+    result = subprocess.run(
+        ["bash", "-c", script],
+        env={**os.environ, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def topic_partitions(brokers: str, topics: list[str]) -> dict[str, int]:
     async def run() -> dict[str, int]:
         admin = AIOKafkaAdminClient(bootstrap_servers=brokers)
@@ -209,16 +224,7 @@ def test_readme_scram_example_replays_over_sasl_ssl(brokers: str, names: dict[st
     by bash as it is written (``kubevents`` being this checkout's CLI)."""
     (block,) = [b for b in console_blocks() if "SCRAM-SHA-512" in b]
     script = f'kubevents() {{ "{sys.executable}" -m app.cli "$@"; }}\nset -e\n{block}'
-    result = subprocess.run(
-        ["bash", "-c", script],
-        env={**os.environ, **topic_env(names)},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_bash(script, topic_env(names))
     assert f"published 3 events to {names['KUBEVENTS_TOPICS_RAW']}" in result.stdout
     records = json_values(consume(brokers, names["KUBEVENTS_TOPICS_RAW"], until=3))
     assert len(records) == 3 and {r["via"] for r in records} == {"replay"}
@@ -401,16 +407,7 @@ def test_readme_kubectl_pipe_to_replay_adds_nothing_new(
         f'kubectl() {{ "{find_kubectl()}" "$@"; }}\n'
         "set -eo pipefail\n" + line.replace(" -A ", f" -n {ns} ")
     )
-    result = subprocess.run(
-        ["bash", "-c", script],
-        env={**os.environ, **pipeline.env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    result = run_bash(script, pipeline.env)
     raw = pipeline.names["KUBEVENTS_TOPICS_RAW"]
     assert f"published {len(listed)} events to {raw}" in result.stdout
     wait_until(
