@@ -25,7 +25,6 @@ another worker now, which reads them again from the committed offset."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import Any
 
 from app.core import counts_api
@@ -36,7 +35,7 @@ from app.kube.client import KubeClient
 from app.settings import Settings
 from app.testing import faults
 from app.worker.app import bytes_topic
-from app.worker.batch_loop import BatchLoop
+from app.worker.batch_loop import BatchLoop, current_generation
 from app.worker.faust_context import current_for
 from tables import dedupe
 from tables.counts import Counts
@@ -123,7 +122,7 @@ class Core:
     def fresh(self, event: Any) -> bool:
         # Only records of the current generation write rows: an earlier generation's partition
         # may belong to another worker now, which processes its records again.
-        return bool(event.message.generation_id == self.app.consumer_generation_id)
+        return current_generation(self.app, event.message)
 
     async def start(self) -> None:
         self.enricher = Enricher(self.settings.core, self._owner_client())
@@ -137,24 +136,19 @@ class Core:
             await self.publisher.stop()
 
     async def handle(self, messages: list[Any]) -> None:
+        """Decide a batch, publish its outputs, write its count rows, then its dedupe rows;
+        each step acknowledged before the next."""
         assert self.publisher is not None and self.writer is not None, "started first"
-        await decide_and_write([Delivered(m) for m in messages], self, self.writer)
-
-
-async def decide_and_write(events: Sequence[Any], core: Core, writer: TableWriter) -> None:
-    """Decide a batch, publish its outputs, write its count rows, then its dedupe rows; each
-    step acknowledged before the next."""
-    batch = Batch(core)
-    for event in events:
-        await batch.add(event)
-    await faults.point("core.before-publish", len(events))  # decided, nothing out yet
-    assert core.publisher is not None
-    await core.publisher.publish(batch.records)
-    # Count rows before dedupe rows: if the worker dies in between, the batch is decided again
-    # from the same dedupe state, and the count rows skip the increments they hold already.
-    await writer.write(batch.count_rows())
-    await faults.point("core.after-count-rows", len(events))
-    await writer.write(batch.dedupe_rows())
+        batch = Batch(self)
+        for message in messages:
+            await batch.add(Delivered(message))
+        await faults.point("core.before-publish", len(messages))  # decided, nothing out yet
+        await self.publisher.publish(batch.records)
+        # Count rows before dedupe rows: if the worker dies in between, the batch is decided
+        # again from the same dedupe state, and the count rows skip the increments they hold.
+        await self.writer.write(batch.count_rows())
+        await faults.point("core.after-count-rows", len(messages))
+        await self.writer.write(batch.dedupe_rows())
 
 
 def register(app: Any, settings: Settings) -> None:

@@ -47,6 +47,11 @@ STALE = Counter(
 )
 
 
+def current_generation(app: Any, message: Any) -> bool:
+    """Whether ``message`` was read under the consumer's current generation (no rebalance since)."""
+    return bool(message.generation_id == app.consumer_generation_id)
+
+
 class Handler(Protocol):
     """What a pipeline runs on the loop."""
 
@@ -87,8 +92,7 @@ class BatchLoop:
         self.app.task(self.run)
 
     def current(self, message: Any) -> bool:
-        """Whether ``message`` was read under the consumer's current generation."""
-        return bool(message.generation_id == self.app.consumer_generation_id)
+        return current_generation(self.app, message)
 
     async def take(self) -> list[Any]:
         """The next batch, lingering for more of the same generation if so configured."""
