@@ -187,6 +187,116 @@ class CoreSettings(BaseModel):
     _split_labels = field_validator("label_keys", mode="before")(_split_csv)
 
 
+Severity = Literal["info", "warning", "critical"]
+
+
+class FilterSettings(BaseModel):
+    """Which events a sink pipeline writes; every condition set must hold. Empty: everything."""
+
+    types: CsvList = Field(default_factory=list, description="Normal, Warning; empty: both.")
+    namespaces: CsvList = Field(default_factory=list, description="Only these; empty: all.")
+    exclude_namespaces: CsvList = Field(default_factory=list, description="Never these.")
+    kinds: CsvList = Field(
+        default_factory=list, description="Involved object kinds (Pod, Node ...); empty: all."
+    )
+    reason: str | None = Field(None, description="Regular expression the reason must match.")
+    min_severity: Severity = Field("info", description="info < warning < critical.")
+
+    _split = field_validator("types", "namespaces", "exclude_namespaces", "kinds", mode="before")(
+        _split_csv
+    )
+
+
+class ElasticsearchSinkSettings(BaseModel):
+    """An Elasticsearch 8 or 9 destination (kube-eventer's option names in comments)."""
+
+    url: str | None = Field(
+        None, description="Node URL(s), comma-separated (kube-eventer: the URL and nodes=)."
+    )
+    index: str = Field(
+        "k8s-events",
+        description="Daily indices <index>-YYYY.MM.DD behind the read alias <index> (index=).",
+    )
+    username: str | None = Field(None, description="Basic auth user (esUserName=).")
+    password: SecretStr | None = Field(None, description="Basic auth password (esUserSecret=).")
+    api_key: SecretStr | None = Field(None, description="API key, instead of user/password.")
+    ca_file: Path | None = Field(None, description="CA bundle to verify the nodes.")
+    verify_certs: bool = Field(True, description="Check the nodes' certificates.")
+    max_retries: int = Field(
+        3, ge=0, description="Transport retries of one request before the pipeline's (maxRetries=)."
+    )
+    health_check: bool = Field(True, description="Check the cluster at start (healthCheck=).")
+    sniff: bool = Field(False, description="Discover the other nodes (sniff=).")
+    startup_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="How long start-up waits for the cluster, s (startupHealthcheckTimeout=).",
+    )
+    bulk_workers: int = Field(
+        2, ge=1, description="Bulk requests of one batch in flight at once (bulkWorkers=)."
+    )
+    cluster_name: str | None = Field(
+        None, description="Overrides the cluster name stamped on documents (cluster_name=)."
+    )
+    pipeline: str | None = Field(None, description="Ingest pipeline run on each document.")
+    request_timeout_s: float = Field(30.0, gt=0, description="Per request timeout, seconds.")
+    retention_days: int | None = Field(
+        None, ge=1, description="Delete daily indices older than this; unset: keep forever."
+    )
+
+    @property
+    def urls(self) -> list[str]:
+        return _split_csv(self.url or "")  # type: ignore[no-any-return]
+
+
+class MySQLSinkSettings(BaseModel):
+    """A MySQL 8 or MariaDB 10.11+ destination."""
+
+    url: SecretStr | None = Field(
+        None, description="SQLAlchemy URL, mysql+pymysql://user:password@host:3306/database."
+    )
+    table: str = Field("k8s_events", description="Table name.")
+    pool_size: int = Field(2, ge=1, description="Connections kept open.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Connect timeout, seconds.")
+    chunk_rows: int = Field(500, ge=1, description="Rows per multi-row upsert statement.")
+
+
+class KafkaSinkSettings(KafkaSettings):
+    """Another topic, possibly on another cluster with its own security settings."""
+
+    topic: str = Field("k8s-events-copy", description="Destination topic (eventstopic=).")
+    brokers: str | None = Field(  # type: ignore[assignment]
+        None, description="Destination brokers; unset: the source cluster's (brokers=)."
+    )
+
+
+SinkKind = Literal["elasticsearch", "mysql", "kafka"]
+
+
+class PipelineSettings(BaseModel):
+    """One sink pipeline: its own consumer group (kubevents-sink-<id>) reading k8s-events,
+    like one entry of Logstash's pipelines.yml."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="Name; the group's suffix.")
+    sink: SinkKind
+    batch_size: int = Field(1000, ge=1, description="Most events written in one go.")
+    batch_delay_ms: int = Field(
+        200, ge=0, description="Wait up to this long for a batch to fill (linger)."
+    )
+    concurrency: int = Field(1, ge=1, description="Writes of one batch in flight at once.")
+    retry_initial_ms: int = Field(200, ge=1, description="First retry backoff, ms.")
+    retry_max_ms: int = Field(30_000, ge=1, description="Longest retry backoff, ms (jittered).")
+    replicas: int = Field(1, ge=0, description="Workers `kubevents run` starts for it.")
+    filters: FilterSettings = Field(default_factory=FilterSettings)
+    elasticsearch: ElasticsearchSinkSettings | None = None
+    mysql: MySQLSinkSettings | None = None
+    kafka: KafkaSinkSettings | None = None
+
+    @property
+    def app_id(self) -> str:
+        return f"kubevents-sink-{self.id}"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="KUBEVENTS_",
@@ -196,18 +306,74 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    cluster: ClusterSettings = Field(default_factory=ClusterSettings)  # type: ignore[arg-type]
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)  # type: ignore[arg-type]
-    topics: TopicSettings = Field(default_factory=TopicSettings)  # type: ignore[arg-type]
-    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)  # type: ignore[arg-type]
-    producer: ProducerSettings = Field(default_factory=ProducerSettings)  # type: ignore[arg-type]
-    worker: WorkerSettings = Field(default_factory=WorkerSettings)  # type: ignore[arg-type]
-    core: CoreSettings = Field(default_factory=CoreSettings)  # type: ignore[arg-type]
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
+    producer: ProducerSettings = Field(default_factory=ProducerSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    core: CoreSettings = Field(default_factory=CoreSettings)
+    # Defaults of every pipeline of that sink kind; with a URL and no pipeline of that kind
+    # declared, a pipeline named after the kind exists (see ``sink_pipelines``).
+    elasticsearch: ElasticsearchSinkSettings = Field(default_factory=ElasticsearchSinkSettings)
+    mysql: MySQLSinkSettings = Field(default_factory=MySQLSinkSettings)
+    pipelines: list[PipelineSettings] = Field(
+        default_factory=list, description="Sink pipelines, as in Logstash's pipelines.yml."
+    )
     faults: str = Field(
         default="",
         description="Test only: fault points to fire, POINT=exit|hang|delay:S[@N],... "
         "(app/testing/faults.py). Empty in production.",
     )
+
+    def sink_pipelines(self) -> list[PipelineSettings]:
+        """The declared pipelines, each sink's options completed from its kind's defaults (the
+        ``elasticsearch``/``mysql`` sections); plus, for a kind with a URL set and no pipeline
+        declared, the default pipeline named after it."""
+        out: list[PipelineSettings] = []
+        defaults = {"elasticsearch": self.elasticsearch, "mysql": self.mysql}
+        for declared in self.pipelines:
+            base = defaults.get(declared.sink)
+            own = getattr(declared, declared.sink)
+            if base is not None:
+                merged = {
+                    **base.model_dump(exclude_unset=True),
+                    **(own.model_dump(exclude_unset=True) if own is not None else {}),
+                }
+                options = type(base).model_validate(merged)
+                out.append(declared.model_copy(update={declared.sink: options}))
+            elif own is None:
+                out.append(declared.model_copy(update={"kafka": KafkaSinkSettings()}))
+            else:
+                out.append(declared)
+        kinds = {p.sink for p in out}
+        if self.elasticsearch.url and "elasticsearch" not in kinds:
+            out.append(
+                PipelineSettings(
+                    id="elasticsearch", sink="elasticsearch", elasticsearch=self.elasticsearch
+                )
+            )
+        if self.mysql.url and "mysql" not in kinds:
+            out.append(PipelineSettings(id="mysql", sink="mysql", mysql=self.mysql))
+        ids = [p.id for p in out]
+        duplicated = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicated:
+            from app.errors import UserError
+
+            raise UserError(f"pipeline ids must be unique: {', '.join(duplicated)} repeated")
+        return out
+
+    def pipeline(self, pipeline_id: str) -> PipelineSettings:
+        for pipeline in self.sink_pipelines():
+            if pipeline.id == pipeline_id:
+                return pipeline
+        from app.errors import UserError
+
+        known = ", ".join(["core", *(p.id for p in self.sink_pipelines())])
+        raise UserError(
+            f"unknown pipeline {pipeline_id}: declared are {known} (pipelines in the config"
+            " file, or KUBEVENTS_ELASTICSEARCH_URL / KUBEVENTS_MYSQL_URL for the defaults)"
+        )
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,1 @@
+"""Sink pipelines: k8s-events -> filters -> one destination, committed only after the write."""
