@@ -30,8 +30,9 @@ from typing import Any
 from app.core import counts_api
 from app.core import process as pipeline
 from app.core.enrich import Enricher
-from app.kafka.writer import OutputPublisher, Record
+from app.kafka.writer import BatchWriter, Record
 from app.kube.client import KubeClient
+from app.obs import HttpServer
 from app.settings import Settings
 from app.testing import faults
 from app.worker.app import bytes_topic
@@ -107,7 +108,7 @@ class Core:
         self.app, self.settings, self.seen, self.counts = app, settings, seen, counts
         self.topic_names = {"enriched": settings.topics.enriched, "dlq": settings.topics.dlq}
         self.enricher = Enricher(settings.core, None)
-        self.publisher: OutputPublisher | None = None
+        self.publisher: BatchWriter | None = None
         self.writer: TableWriter | None = None
 
     def _owner_client(self) -> KubeClient | None:
@@ -126,7 +127,7 @@ class Core:
 
     async def start(self) -> None:
         self.enricher = Enricher(self.settings.core, self._owner_client())
-        self.publisher = await OutputPublisher.start(
+        self.publisher = await BatchWriter.start(
             self.settings.kafka, f"{self.settings.core.app_id}-outputs"
         )
         self.writer = TableWriter(self.publisher)
@@ -143,7 +144,7 @@ class Core:
         for message in messages:
             await batch.add(Delivered(message))
         await faults.point("core.before-publish", len(messages))  # decided, nothing out yet
-        await self.publisher.publish(batch.records)
+        await self.publisher.write(batch.records)
         # Count rows before dedupe rows: if the worker dies in between, the batch is decided
         # again from the same dedupe state, and the count rows skip the increments they hold.
         await self.writer.write(batch.count_rows())
@@ -151,11 +152,13 @@ class Core:
         await self.writer.write(batch.dedupe_rows())
 
 
-def register(app: Any, settings: Settings) -> None:
+def register(app: Any, settings: Settings, http: HttpServer) -> None:
     """The core pipeline on ``app``: its tables, its counts API and its batch loop."""
     seen = dedupe.create(app, settings.core)
     counts = Counts(app, settings.core)
-    counts_api.register(app, settings, counts.windows)
+    counts_api.register(app, settings, counts.windows, http)
     core = Core(app, settings, seen, counts)
     raw = bytes_topic(app, settings.topics.raw)
-    BatchLoop(app, raw, core, name="core", batch_size=settings.worker.batch_size).register()
+    loop = BatchLoop(app, raw, core, name="core", batch_size=settings.worker.batch_size)
+    loop.register()
+    http.add_check(loop.check)

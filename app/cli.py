@@ -94,13 +94,14 @@ def cmd_worker(args: argparse.Namespace) -> NoReturn:
 
     from app.testing import faults
     from app.worker import faust_fixes
-    from app.worker.app import create_app
+    from app.worker.app import HttpService, create_app, http_server
 
     faust_fixes.apply()  # once, explicitly, before any Faust consumer exists
     faults.configure(settings.faults)
     app = create_app(settings, settings.core.app_id)
-    importlib.import_module(PIPELINES[args.pipeline]).register(app, settings)
-    worker = faust.Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
+    http = http_server(settings)
+    importlib.import_module(PIPELINES[args.pipeline]).register(app, settings, http)
+    worker = faust.Worker(app, HttpService(http), loglevel=args.loglevel, redirect_stdouts=False)
     # At WARN and above Faust's terminal spinner sets the root logger to DEBUG (and filters in
     # its handler): every debug call of Faust and aiokafka then formats its record, ~7 % of the
     # core worker's CPU in bench/core.py. No spinner: the level is the level.

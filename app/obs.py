@@ -48,24 +48,49 @@ def setup_logging(level: str | None = None, fmt: str | None = None) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
-async def start_http(host: str, port: int, ready: Callable[[], tuple[bool, str]]) -> web.AppRunner:
-    """Serve /healthz (alive), /readyz (``ready()`` says so, with the reason) and /metrics."""
+Check = Callable[[], tuple[bool, str]]  # () -> (ready?, why)
 
-    async def healthz(_: web.Request) -> web.Response:
+
+class HttpServer:
+    """The one HTTP server of every kubevents process: /healthz (alive), /readyz (every check
+    says ready, else 503 with the reasons of those that do not) and Prometheus /metrics. A
+    pipeline adds its checks (tables recovered, destination blocked) and routes (the counts API)
+    before ``start``."""
+
+    def __init__(self, bind: str, port: int):
+        self.bind, self.port = bind, port
+        self.routes: list[web.RouteDef] = []
+        self._checks: list[Check] = []
+        self._runner: web.AppRunner | None = None
+
+    def add_check(self, check: Check) -> None:
+        self._checks.append(check)
+
+    def ready(self) -> tuple[bool, str]:
+        results = [check() for check in self._checks]
+        failing = [why for ok, why in results if not ok]
+        return not failing, "; ".join(failing or [why for _, why in results]) or "ready"
+
+    async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def readyz(_: web.Request) -> web.Response:
-        ok, why = ready()
+    async def _readyz(self, _: web.Request) -> web.Response:
+        ok, why = self.ready()
         return web.json_response({"ready": ok, "reason": why}, status=200 if ok else 503)
 
-    async def metrics(_: web.Request) -> web.Response:
+    async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_routes(self.routes)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.bind, self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -23,7 +23,7 @@ import orjson
 from faust.serializers import codecs
 from faust.types import TP
 
-from app.kafka.writer import OutputPublisher
+from app.kafka.writer import BatchWriter
 from app.worker.faust_context import current_for
 
 
@@ -40,7 +40,7 @@ Row = tuple[Any, Any, Any, Any]  # (Faust table, event whose partition owns the 
 
 
 class TableWriter:
-    def __init__(self, publisher: OutputPublisher):
+    def __init__(self, publisher: BatchWriter):
         self._publisher = publisher
 
     async def write(self, rows: Sequence[Row]) -> None:
@@ -54,7 +54,7 @@ class TableWriter:
             groups[(topic, event.message.partition)].append(
                 (_dumps(table.key_serializer, key), _dumps(table.value_serializer, value))
             )
-        offsets = await self._publisher.publish_to(groups)
+        offsets = await self._publisher.write_partitions(groups)
         for table, event, key, value in rows:
             with current_for(table, event):  # a RocksDB store picks the partition's database
                 table.data[key] = value

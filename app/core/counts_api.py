@@ -1,4 +1,4 @@
-"""HTTP on a core worker: windowed counts as JSON, /healthz, /readyz and Prometheus /metrics.
+"""The counts API of a core worker: windowed counts as JSON, on the worker's HTTP server.
 
 Each worker holds the count rows of the raw-topic partitions it owns (tables/counts.py), so
 ``/counts/`` and ``/counts/key/?key=...`` ask every worker of the group for its local totals
@@ -13,9 +13,9 @@ import time
 from typing import Any, cast
 
 import aiohttp
-import faust
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from aiohttp import web
 
+from app.obs import HttpServer
 from app.settings import Settings
 from tables.counts import Window
 
@@ -122,31 +122,28 @@ def _window_info(window: Window, at: float) -> dict[str, Any]:
     return {"name": name, "size_s": window.size, "step_s": window.step, "start": start, "end": end}
 
 
-def register(app: faust.App, settings: Settings, windows: dict[str, Window]) -> None:
-    """Serve the counts API, /healthz, /readyz and /metrics on ``app``'s web server."""
-    counts = Counts(app, settings.topics.raw, windows)
+def routes(counts: Counts) -> list[web.RouteDef]:
+    """The counts API, served by the worker's one HTTP server (app/obs.py)."""
 
-    @app.page("/counts/local/")
-    async def counts_local(web: Any, request: Any) -> Any:
-        return web.json({"rows": counts.local_rows(request.query)})
+    async def counts_local(request: web.Request) -> web.Response:
+        return web.json_response({"rows": counts.local_rows(request.query)})
 
-    @app.page("/counts/")
-    async def counts_all(web: Any, request: Any) -> Any:
+    async def counts_all(request: web.Request) -> web.Response:
         """Top-N over every worker of the group; filters: dim, window, namespace, type, reason."""
         query = dict(request.query)
         try:
             n = max(1, min(int(query.get("top", 20)), 1000))
         except ValueError:
-            return web.json({"error": "top must be an integer"}, status=400)
+            return web.json_response({"error": "top must be an integer"}, status=400)
         if (
             query.get("dim", "reason") not in FIELDS
             or query.get("window", "tumbling") not in counts.windows
         ):
-            return web.json(
+            return web.json_response(
                 {"error": "dim is reason|object, window is tumbling|hopping"}, status=400
             )
         rows, workers, missing = await counts.group_rows(query)
-        return web.json(
+        return web.json_response(
             {
                 "window": _window_info(counts.windows[query.get("window", "tumbling")], _at(query)),
                 "dim": query.get("dim", "reason"),
@@ -156,12 +153,11 @@ def register(app: faust.App, settings: Settings, windows: dict[str, Window]) -> 
             }
         )
 
-    @app.page("/counts/key/")
-    async def counts_key(web: Any, request: Any) -> Any:
+    async def counts_key(request: web.Request) -> web.Response:
         """One key's counts in both windows, added up over every worker of the group."""
         key = request.query.get("key")
         if not key or parse_key(key) is None:
-            return web.json(
+            return web.json_response(
                 {"error": "key=reason|<ns>|<reason>|<type> or object|<ns>|<kind>|<name>|<uid>"},
                 status=400,
             )
@@ -171,22 +167,22 @@ def register(app: faust.App, settings: Settings, windows: dict[str, Window]) -> 
             rows, workers, missing = await counts.group_rows(query)
             answer[name] = sum(r["count"] for r in rows)
             answer["workers"], answer["unreachable_workers"] = workers, missing
-        return web.json(answer)
+        return web.json_response(answer)
 
-    @app.page("/metrics")
-    async def metrics(web: Any, request: Any) -> Any:
-        # aiohttp wants the charset apart from the content type.
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+    return [
+        web.get("/counts/local/", counts_local),
+        web.get("/counts/", counts_all),
+        web.get("/counts/key/", counts_key),
+    ]
 
-    @app.page("/healthz")
-    async def healthz(web: Any, request: Any) -> Any:
-        return web.json({"status": "ok"})
 
-    @app.page("/readyz")
-    async def readyz(web: Any, request: Any) -> Any:
-        recovering = not cast(Any, app.tables).recovery.completed.is_set()
-        ready = app.consumer is not None and not recovering
-        return web.json(
-            {"ready": ready, "reason": "recovering tables" if recovering else "running"},
-            status=200 if ready else 503,
-        )
+def register(app: Any, settings: Settings, windows: dict[str, Window], http: HttpServer) -> None:
+    """Serve the counts API on the worker's HTTP server; ready once the tables are recovered."""
+    http.routes.extend(routes(Counts(app, settings.topics.raw, windows)))
+
+    def recovered() -> tuple[bool, str]:
+        if not cast(Any, app.tables).recovery.completed.is_set():
+            return False, "recovering tables"
+        return True, "tables recovered"
+
+    http.add_check(recovered)

@@ -1,14 +1,17 @@
-"""Publishes a batch of the core pipeline's outputs and returns once Kafka acknowledged all of it.
+"""The one Kafka batch writer: hands records over and returns once Kafka acknowledged all of them.
 
-The core agent hands over every output of a batch of raw records at once and only then writes
-its tables and acks the records (so their offsets can be committed): "commit after the write was
-acknowledged". Records are grouped per topic and partition (``partition_of``: murmur2 of the key,
-as Faust, Java and aiokafka partition) into ready-made batches (``ready_batches``): one future per
-batch instead of one per record is what keeps publishing cheap next to Faust's per-event cost.
+Every path that writes to Kafka goes through it: the producer's raw records (behind the bounded
+publisher, app/producer/publisher.py), the core's outputs, the tables' changelog rows
+(tables/writer.py), the sinks' dead letters and the Kafka sink. Records are grouped per topic and
+partition (``partition_of``: murmur2 of the key, as Faust, Java and aiokafka partition) into
+ready-made batches (``ready_batches``): one future per batch instead of one per record is what
+keeps publishing cheap next to a bare LIST or Faust's per-event cost.
 
-A failed batch is retried in place, with backoff, for as long as it takes: never skipped, so a
-Kafka outage stalls the worker (and its lag grows) instead of losing outputs. A producer whose
-sender stopped for good (app/kafka/renewing.py) is replaced before the retry.
+A failed partition batch is retried in place, with capped backoff, for as long as it takes: never
+skipped, so a Kafka outage stalls the caller (and its lag grows) instead of losing records. A
+producer whose sender stopped for good (app/kafka/renewing.py) is replaced before the retry. The
+idempotent producer makes a resend of an acknowledged-but-unreported batch an exact repeat at
+worst, which the dedupe and the idempotent sinks absorb.
 """
 
 from __future__ import annotations
@@ -19,56 +22,66 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
-from app.kafka.client import partition_of, producer_kwargs, ready_batches
+from app.kafka.client import partition_of, ready_batches, start_producer
 from app.kafka.renewing import RenewingProducer
 from app.settings import KafkaSettings
 
-log = logging.getLogger("kubevents.outputs")
+log = logging.getLogger("kubevents.kafka")
 
-SENT = Counter("kubevents_core_outputs_total", "Outputs acknowledged by Kafka.", ["topic"])
-RETRIES = Counter("kubevents_core_output_retries_total", "Output batches sent again.")
+WRITTEN = Counter("kubevents_kafka_written_total", "Records acknowledged by Kafka.", ["topic"])
+RETRIES = Counter(
+    "kubevents_kafka_write_retries_total",
+    "Partition batches sent again after a failure.",
+    ["topic"],
+)
 
 Record = tuple[str, bytes, bytes]  # topic, key, value
+Groups = Mapping[tuple[str, int], Sequence[tuple[bytes, bytes]]]  # (topic, partition) -> records
 
 
-class OutputPublisher:
+class BatchWriter:
     def __init__(self, kafka: RenewingProducer):
         self._kafka = kafka
+        self._partitions: dict[str, list[int]] = {}
         self._last_warning = 0.0
 
     @classmethod
-    async def start(cls, kafka: KafkaSettings, client_id: str) -> OutputPublisher:
-        producer = RenewingProducer(lambda: AIOKafkaProducer(**producer_kwargs(kafka, client_id)))
-        await producer.start()
-        return cls(producer)
+    async def start(cls, kafka: KafkaSettings, client_id: str) -> BatchWriter:
+        """A writer with its own idempotent producer (acks=all) for ``kafka``; a UserError when
+        Kafka cannot be reached."""
+        return cls(await start_producer(kafka, client_id))
 
     async def stop(self) -> None:
         await self._kafka.stop()
 
-    async def publish(self, records: Sequence[Record]) -> None:
+    async def partitions(self, topic: str) -> list[int]:
+        """The topic's partitions, from the producer's metadata (a topic's count is fixed while
+        kubevents runs: ensure_topics checks it at start)."""
+        if topic not in self._partitions:
+            self._partitions[topic] = sorted(await self._kafka.current.partitions_for(topic))
+        return self._partitions[topic]
+
+    async def write(self, records: Sequence[Record]) -> None:
         """Returns when every record is acknowledged (acks=all); retries failures in place."""
-        partitions: dict[str, list[int]] = {}
         groups: dict[tuple[str, int], list[tuple[bytes, bytes]]] = defaultdict(list)
         for topic, key, value in records:
-            if topic not in partitions:
-                partitions[topic] = sorted(await self._kafka.current.partitions_for(topic))
-            groups[(topic, partition_of(key, partitions[topic]))].append((key, value))
-        await self.publish_to(groups)
+            groups[(topic, partition_of(key, await self.partitions(topic)))].append((key, value))
+        await self.write_partitions(groups)
 
-    async def publish_to(
-        self, groups: Mapping[tuple[str, int], list[tuple[bytes, bytes]]]
-    ) -> dict[tuple[str, int], int]:
-        """Publishes each (topic, partition)'s records there, in order; returns when all are
+    async def write_partitions(self, groups: Groups) -> dict[tuple[str, int], int]:
+        """Writes each (topic, partition)'s records there, in order; returns when all are
         acknowledged, with the offset of each partition's last record."""
         items = list(groups.items())
-        last = await asyncio.gather(*(self._send(t, p, records) for (t, p), records in items))
+        last = await asyncio.gather(*(self.write_partition(t, p, rs) for (t, p), rs in items))
         return {tp: offset for (tp, _), offset in zip(items, last, strict=True)}
 
-    async def _send(self, topic: str, partition: int, items: list[tuple[bytes, bytes]]) -> int:
+    async def write_partition(
+        self, topic: str, partition: int, items: Sequence[tuple[bytes, bytes]]
+    ) -> int:
+        """Writes ``items`` to one partition, in order, until acknowledged; the last offset."""
         attempt = 0
         while True:
             producer = self._kafka.current
@@ -78,16 +91,14 @@ class OutputPublisher:
                     for batch, chunk in ready_batches(producer, items)
                 ]
                 metadata = await asyncio.gather(*(future for future, _ in sent))
-                SENT.labels(topic).inc(len(items))
+                WRITTEN.labels(topic).inc(len(items))
                 if not sent:
                     return -1
                 # A batch's future gives the offset of its first record.
                 return int(metadata[-1].offset) + sent[-1][1] - 1
             except KafkaError as exc:
-                # The idempotent producer makes a resend of an acknowledged-but-unreported batch
-                # an exact repeat at worst, which downstream upserts absorb.
                 attempt += 1
-                RETRIES.inc()
+                RETRIES.labels(topic).inc()
                 self._warn(topic, partition, len(items), exc)
                 await self._kafka.renew_if_broken(producer, exc)
                 await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
@@ -97,7 +108,7 @@ class OutputPublisher:
         if now - self._last_warning > 5:
             self._last_warning = now
             log.warning(
-                "Kafka did not acknowledge %d outputs for %s[%d] (%s: %s); retrying, the worker"
+                "Kafka did not acknowledge %d records for %s[%d] (%s: %s); retrying, the caller"
                 " waits (nothing is committed past them)",
                 n,
                 topic,

@@ -15,6 +15,7 @@ from typing import IO, Any
 
 from app.errors import UserError
 from app.kafka.client import ensure_topics, start_producer
+from app.kafka.writer import BatchWriter
 from app.model.envelope import build_raw
 from app.producer.publisher import Publisher
 from app.settings import Settings
@@ -80,7 +81,9 @@ async def replay(settings: Settings, stream: IO[str], name: str, *, progress: bo
     events = list(read_events(stream, name))  # validate everything before publishing anything
     await ensure_topics(settings.kafka, settings.topics)
     kafka = await start_producer(settings.kafka, "kubevents-replay")
-    publisher = Publisher(kafka, settings.topics.raw, settings.kafka.max_in_flight_events)
+    publisher = Publisher(
+        BatchWriter(kafka), settings.topics.raw, settings.kafka.max_in_flight_events
+    )
     started = time.monotonic()
     try:
         for start in range(0, len(events), 500):

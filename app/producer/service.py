@@ -16,9 +16,10 @@ from prometheus_client import Counter
 
 from app.errors import UserError
 from app.kafka.client import ensure_topics, start_producer
+from app.kafka.writer import BatchWriter
 from app.kube.client import ApiError, KubeClient, explain_api_error
 from app.kube.election import LeaseElector
-from app.obs import start_http
+from app.obs import HttpServer
 from app.producer.publisher import Publisher
 from app.producer.source import EventSource, Records, events_path
 from app.settings import Settings
@@ -182,7 +183,9 @@ async def run(settings: Settings) -> int:
     kafka = await start_producer(settings.kafka, "kubevents-producer")
     loop = asyncio.get_running_loop()
     tune_gc()
-    publisher = Publisher(kafka, settings.topics.raw, settings.kafka.max_in_flight_events)
+    publisher = Publisher(
+        BatchWriter(kafka), settings.topics.raw, settings.kafka.max_in_flight_events
+    )
     producer = Producer(settings, client, publisher, loop)
     stop_all = threading.Event()
     elector: LeaseElector | None = None
@@ -203,11 +206,11 @@ async def run(settings: Settings) -> int:
     else:
         producer.start_sources()
 
-    runner = None
+    http = None
     if settings.producer.http_port:
-        runner = await start_http(
-            settings.producer.http_bind, settings.producer.http_port, producer.ready
-        )
+        http = HttpServer(settings.producer.http_bind, settings.producer.http_port)
+        http.add_check(producer.ready)
+        await http.start()
     stopping = loop.create_future()
 
     def request_stop() -> None:
@@ -229,11 +232,12 @@ async def run(settings: Settings) -> int:
     producer.stop_sources()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(publisher.drain(), timeout=10)
+    await publisher.stop()
     if elector is not None:
         await asyncio.to_thread(elector.release)
     await kafka.stop()
-    if runner is not None:
-        await runner.cleanup()
+    if http is not None:
+        await http.stop()
     if producer.fatal in done:
         failure = producer.fatal.result()
         if isinstance(failure, ApiError | ConnectionError):

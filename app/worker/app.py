@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+import mode
 
 from app.kafka.client import ssl_context
+from app.obs import HttpServer
 from app.settings import KafkaSettings, Settings
 
 
@@ -63,10 +65,30 @@ def create_app(settings: Settings, app_id: str) -> faust.App:
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         autodiscover=False,
-        web_enabled=True,
-        # Faust's own health/metrics are not Prometheus; ours are served by views.py.
-        web_in_thread=False,
+        # Faust's web server is off: every kubevents process serves /healthz, /readyz, /metrics
+        # (and the core its counts API) from the one server of app/obs.py (``HttpService``).
+        # canonical_url still tells the other workers where this one's counts are.
+        web_enabled=False,
     )
+
+
+class HttpService(mode.Service):
+    """The process's HTTP server (app/obs.py), started and stopped with the Faust worker.
+    It answers from the start: /readyz says 503 with the reason until the pipeline is ready."""
+
+    def __init__(self, http: HttpServer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.http = http
+
+    async def on_start(self) -> None:
+        await self.http.start()
+
+    async def on_stop(self) -> None:
+        await self.http.stop()
+
+
+def http_server(settings: Settings) -> HttpServer:
+    return HttpServer(settings.worker.web_bind, settings.worker.web_port)
 
 
 def bytes_topic(app: faust.App, name: str, internal: bool = False) -> Any:

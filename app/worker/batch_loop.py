@@ -82,6 +82,13 @@ class BatchLoop:
         self.queue: asyncio.Queue[list[Any]] = asyncio.Queue(maxsize=2)
         self._next: list[Any] | None = None  # a batch of another generation, met while lingering
         self._stale = STALE.labels(name)
+        self._running = False
+
+    def check(self) -> tuple[bool, str]:
+        """For /readyz: ready once the handler started (after the tables' recovery)."""
+        if not self._running or self.app.consumer is None:
+            return False, f"{self.name}: starting"
+        return True, f"{self.name}: running"
 
     def register(self) -> None:
         """Subscribe the app to the topic (same group, same assignment as any agent's topic),
@@ -125,6 +132,7 @@ class BatchLoop:
 
     async def run(self) -> None:
         await self.handler.start()
+        self._running = True
         try:
             while True:
                 messages = await self.take()
@@ -145,4 +153,5 @@ class BatchLoop:
             await self.app.crash(exc)
             raise
         finally:
+            self._running = False
             await self.handler.stop()

@@ -10,7 +10,7 @@ from aiokafka.errors import OutOfOrderSequenceNumber
 from aiokafka.partitioner import murmur2
 
 from app.kafka.renewing import RenewingProducer
-from app.kafka.writer import OutputPublisher
+from app.kafka.writer import BatchWriter
 from app.producer.publisher import Publisher
 
 
@@ -63,8 +63,9 @@ def records(n: int) -> list[tuple[bytes, bytes]]:
 def test_partitions_are_murmur2_of_the_key_and_order_is_kept() -> None:
     async def go() -> None:
         fake = FakeProducer(partitions=3, capacity=1000)
-        pub = Publisher(RenewingProducer(lambda: fake), "t", max_in_flight=1000)  # type: ignore[arg-type]
+        pub = Publisher(BatchWriter(RenewingProducer(lambda: fake)), "t", max_in_flight=1000)  # type: ignore[arg-type]
         await pub.publish(records(50))
+        await asyncio.sleep(0)  # the writes run as tasks, in the order they were handed over
         for partition, batch, _ in fake.sent:
             for key, _ in batch.records:
                 assert (murmur2(key) & 0x7FFFFFFF) % 3 == partition
@@ -82,7 +83,7 @@ def test_partitions_are_murmur2_of_the_key_and_order_is_kept() -> None:
 def test_in_flight_never_exceeds_the_limit_and_a_page_larger_than_it_does_not_deadlock() -> None:
     async def go() -> None:
         fake = FakeProducer(partitions=2, capacity=4)
-        pub = Publisher(RenewingProducer(lambda: fake), "t", max_in_flight=5)  # type: ignore[arg-type]
+        pub = Publisher(BatchWriter(RenewingProducer(lambda: fake)), "t", max_in_flight=5)  # type: ignore[arg-type]
         task = asyncio.ensure_future(pub.publish(records(40)))
         published = 0
         for _ in range(100):
@@ -105,7 +106,7 @@ def test_in_flight_never_exceeds_the_limit_and_a_page_larger_than_it_does_not_de
 def test_blocks_while_nothing_is_acknowledged() -> None:
     async def go() -> None:
         fake = FakeProducer(partitions=1, capacity=100)
-        pub = Publisher(RenewingProducer(lambda: fake), "t", max_in_flight=10)  # type: ignore[arg-type]
+        pub = Publisher(BatchWriter(RenewingProducer(lambda: fake)), "t", max_in_flight=10)  # type: ignore[arg-type]
         await pub.publish(records(10))
         assert pub.in_flight == 10
         blocked = asyncio.ensure_future(pub.publish(records(1)))
@@ -148,8 +149,8 @@ def test_a_producer_whose_sender_stopped_is_replaced_and_the_records_sent_again(
         return made[-1]
 
     async def run() -> dict[tuple[str, int], int]:
-        publisher = OutputPublisher(RenewingProducer(make))
-        offsets = await publisher.publish_to({("t", 0): [(b"k1", b"v1"), (b"k2", b"v2")]})
+        writer = BatchWriter(RenewingProducer(make))
+        offsets = await writer.write_partitions({("t", 0): [(b"k1", b"v1"), (b"k2", b"v2")]})
         await asyncio.sleep(0.05)  # the old producer is stopped in the background
         return offsets
 

@@ -24,7 +24,7 @@ class Publisher:
         self.groups: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
         self.stored_when_published: list[Any] = []
 
-    async def publish_to(self, groups: Any) -> dict[tuple[str, int], int]:
+    async def write_partitions(self, groups: Any) -> dict[tuple[str, int], int]:
         self.groups = dict(groups)
         self.stored_when_published = list(self.table.data.keys())
         return {tp: 100 + len(records) for tp, records in groups.items()}
