@@ -1,4 +1,4 @@
-"""The ``kubevents`` command: produce, worker, replay, topics, schema, config, version."""
+"""The ``kubevents`` command: produce, worker, run, pipelines, replay, topics, schema, config."""
 
 from __future__ import annotations
 
@@ -12,17 +12,24 @@ from typing import Any, NoReturn
 from app import __version__
 from app.errors import UserError
 
-# Pipeline name -> the module whose register(app, settings) defines it on its own Faust app.
-PIPELINES = {
-    "core": "agents.core",
-}
+# The built-in pipeline; every other one is a sink pipeline declared in the settings
+# (pipelines: in the YAML file, --sink flags, or KUBEVENTS_ELASTICSEARCH_URL / _MYSQL_URL).
+CORE = "core"
 
 
 def _settings(args: argparse.Namespace, **flags: dict[str, Any]) -> Any:
-    """The one Settings of this command: flags > environment > YAML file > defaults."""
-    from app.settings import load_settings
+    """The one Settings of this command: flags > environment > YAML file > defaults. Pipelines
+    given as kube-eventer ``--sink`` flags are added to those the file declares."""
+    from app.settings import PipelineSettings, load_settings
 
-    return load_settings(args.config, flags)
+    settings = load_settings(args.config, flags)
+    sinks = getattr(args, "sink", None)
+    if sinks:
+        from app.sinks.kube_eventer import parse_sinks
+
+        flagged = [PipelineSettings.model_validate(p) for p in parse_sinks(sinks)]
+        settings = settings.model_copy(update={"pipelines": [*settings.pipelines, *flagged]})
+    return settings
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -69,10 +76,6 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> NoReturn:
-    if args.pipeline not in PIPELINES:
-        raise UserError(
-            f"unknown pipeline {args.pipeline}: available: {', '.join(sorted(PIPELINES))}"
-        )
     worker_flags = {
         "web_port": args.web_port,
         "web_host": args.web_host,
@@ -80,16 +83,18 @@ def cmd_worker(args: argparse.Namespace) -> NoReturn:
         "data_dir": args.data_dir,
     }
     settings = _settings(args, worker=worker_flags)
+    # A sink pipeline's settings (an unknown id is a one-line error naming the declared ones).
+    pipeline = None if args.pipeline == CORE else settings.pipeline(args.pipeline)
+    app_id = settings.core.app_id if pipeline is None else pipeline.app_id
+    source = settings.topics.raw if pipeline is None else settings.topics.enriched
     from app.kafka.client import ensure_topics, pin_unstarted_partitions
 
     # Clear error if Kafka is unreachable; every topic exists with the same partition count
-    # (tables are co-partitioned with the raw topic).
-    asyncio.run(ensure_topics(settings.kafka, settings.topics, raw_partitions_must_match=True))
+    # (the core's tables are co-partitioned with the raw topic).
     asyncio.run(
-        pin_unstarted_partitions(settings.kafka, settings.core.app_id, [settings.topics.raw])
+        ensure_topics(settings.kafka, settings.topics, raw_partitions_must_match=pipeline is None)
     )
-    import importlib
-
+    asyncio.run(pin_unstarted_partitions(settings.kafka, app_id, [source]))
     import faust
 
     from app.testing import faults
@@ -98,15 +103,37 @@ def cmd_worker(args: argparse.Namespace) -> NoReturn:
 
     faust_fixes.apply()  # once, explicitly, before any Faust consumer exists
     faults.configure(settings.faults)
-    app = create_app(settings, settings.core.app_id)
+    app = create_app(settings, app_id)
     http = http_server(settings)
-    importlib.import_module(PIPELINES[args.pipeline]).register(app, settings, http)
+    if pipeline is None:
+        from agents import core
+
+        core.register(app, settings, http)
+    else:
+        from agents import sinks
+
+        sinks.register(app, settings, http, pipeline)
     worker = faust.Worker(app, HttpService(http), loglevel=args.loglevel, redirect_stdouts=False)
     # At WARN and above Faust's terminal spinner sets the root logger to DEBUG (and filters in
     # its handler): every debug call of Faust and aiokafka then formats its record, ~7 % of the
     # core worker's CPU in bench/core.py. No spinner: the level is the level.
     worker.spinner = None
     worker.execute_from_commandline()  # runs until stopped, then exits the process
+
+
+def cmd_pipelines(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    print(f"{CORE}\tconsumer group {settings.core.app_id}: {settings.topics.raw} -> core")
+    for p in settings.sink_pipelines():
+        print(f"{p.id}\tconsumer group {p.app_id}: {settings.topics.enriched} -> {p.sink}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from app.supervise import run
+
+    settings = _settings(args)
+    return run(settings, args.config, args.sink or [], only=args.only)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -124,6 +151,16 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_version(args: argparse.Namespace) -> int:
     print(__version__)
     return 0
+
+
+def sink_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sink",
+        action="append",
+        metavar="URI",
+        help="a sink pipeline as kube-eventer's --sink (elasticsearch:, mysql:, kafka:);"
+        " repeatable; added to the pipelines of the config file",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,15 +193,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pipeline",
         "-p",
-        default="core",
-        help=f"the pipeline to run, as its own consumer group: {', '.join(sorted(PIPELINES))}",
+        default=CORE,
+        help="the pipeline to run, as its own consumer group: core, or a sink pipeline's id"
+        " (kubevents pipelines lists them)",
     )
+    sink_flag(p)
     p.add_argument("--web-port", type=int)
     p.add_argument("--web-host")
     p.add_argument("--store", help="table store: memory:// or rocksdb://")
     p.add_argument("--data-dir")
     p.add_argument("--loglevel", default="info")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "run",
+        help="run the producer, the core and every sink pipeline as supervised processes",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        help="run only these (producer, core, a pipeline id); repeatable",
+    )
+    sink_flag(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("pipelines", help="list the pipelines the settings declare")
+    sink_flag(p)
+    p.set_defaults(func=cmd_pipelines)
 
     p = sub.add_parser("replay", help="publish a 'kubectl get events -A -o json' dump")
     p.add_argument("file", help="file name, or - for standard input")

@@ -187,6 +187,18 @@ class CoreSettings(BaseModel):
     _split_labels = field_validator("label_keys", mode="before")(_split_csv)
 
 
+class RunSettings(BaseModel):
+    """``kubevents run``: how many of each process it starts, and on which ports."""
+
+    producer_replicas: int = Field(1, ge=0, description="Producers (one leads, others wait).")
+    core_replicas: int = Field(1, ge=0, description="Core workers (they share partitions).")
+    base_port: int = Field(
+        8080, ge=1, le=65000, description="HTTP ports of the processes, from this one up."
+    )
+    status_interval_s: float = Field(10.0, gt=0, description="Status lines every this many s.")
+    restart_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait before a restart.")
+
+
 Severity = Literal["info", "warning", "critical"]
 
 
@@ -317,6 +329,7 @@ class Settings(BaseSettings):
     # declared, a pipeline named after the kind exists (see ``sink_pipelines``).
     elasticsearch: ElasticsearchSinkSettings = Field(default_factory=ElasticsearchSinkSettings)
     mysql: MySQLSinkSettings = Field(default_factory=MySQLSinkSettings)
+    run: RunSettings = Field(default_factory=RunSettings)
     pipelines: list[PipelineSettings] = Field(
         default_factory=list, description="Sink pipelines, as in Logstash's pipelines.yml."
     )

@@ -6,8 +6,6 @@ owns Kafka, tables and acks; this module owns the decisions, so it is tested wit
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,9 +15,9 @@ from prometheus_client import Counter
 
 from app.core.dedupe import Verdict, decide, state_of
 from app.core.enrich import Enricher
+from app.model.deadletter import dead_letter
 from app.model.envelope import DecodeError, parse_raw
 from app.model.normalize import NormalizedEvent, normalize, to_record
-from app.model.timeutil import now_iso
 
 PROCESSED = Counter("kubevents_core_records_total", "Raw records by outcome.", ["outcome"])
 # Looked up once: ``labels()`` per record was a visible share of the worker's CPU.
@@ -42,20 +40,15 @@ class Origin:
 
 
 def dlq_output(reason: str, value: bytes | None, origin: Origin) -> Output:
-    text: str | None
-    try:
-        text = value.decode() if value is not None else None
-    except UnicodeDecodeError:
-        text = None
-    doc = {
-        "reason": reason,
-        "failed_at": now_iso(),
-        "source": {"topic": origin.topic, "partition": origin.partition, "offset": origin.offset},
-        "key": origin.key.decode(errors="replace") if origin.key else None,
-        "value_base64": base64.b64encode(value).decode() if value is not None else None,
-        "value_text": text if text is not None and len(text) <= 65536 else None,
-    }
-    return Output("dlq", origin.key or b"", json.dumps(doc).encode())
+    record = dead_letter(
+        reason,
+        value,
+        topic=origin.topic,
+        partition=origin.partition,
+        offset=origin.offset,
+        key=origin.key,
+    )
+    return Output("dlq", origin.key or b"", record)
 
 
 @dataclass(frozen=True, slots=True)

@@ -222,18 +222,8 @@ async def diagnose(kafka: KafkaSettings, failure: Exception) -> UserError:
     return first or unreachable(kafka, failure)
 
 
-async def ensure_topics(
-    kafka: KafkaSettings,
-    topics: TopicSettings,
-    extra: tuple[str, ...] = (),
-    *,
-    raw_partitions_must_match: bool = False,
-) -> list[str]:
-    """Create kubevents' topics (and ``extra`` ones) if missing; returns the ones created.
-
-    ``raw_partitions_must_match`` (the core worker): its tables are co-partitioned with the raw
-    topic, their changelogs get ``topics.partitions`` partitions, so the raw topic must have as
-    many (Faust would otherwise fail at the first table write, long after start-up)."""
+async def _admin(kafka: KafkaSettings) -> AIOKafkaAdminClient:
+    """A started admin client, or the one-line diagnosis of why Kafka cannot be reached."""
     admin = AIOKafkaAdminClient(**client_kwargs(kafka), client_id="kubevents-admin")
     # Every command talks to Kafka here first: a failure is explained in one line by diagnose(),
     # so aiokafka's own "Unable connect" log line would only repeat it less clearly.
@@ -247,18 +237,50 @@ async def ensure_topics(
         raise (await diagnose(kafka, exc)) from None
     finally:
         client_log.setLevel(level)
+    return admin
+
+
+async def _create_missing(
+    admin: AIOKafkaAdminClient, names: list[str], partitions: int, replication_factor: int
+) -> list[str]:
+    existing = set(await admin.list_topics())
     created: list[str] = []
+    for name in [t for t in names if t not in existing]:
+        try:
+            await admin.create_topics([NewTopic(name, partitions, replication_factor)])
+            created.append(name)
+        except TopicAlreadyExistsError:
+            pass
+    return created
+
+
+async def ensure_topic(
+    kafka: KafkaSettings, name: str, partitions: int, replication_factor: int
+) -> bool:
+    """Create one topic (say, the Kafka sink's, maybe on another cluster) if missing."""
+    admin = await _admin(kafka)
     try:
-        existing = set(await admin.list_topics())
-        wanted = [t for t in (topics.raw, topics.enriched, topics.dlq, *extra) if t not in existing]
-        for name in wanted:
-            try:
-                await admin.create_topics(
-                    [NewTopic(name, topics.partitions, topics.replication_factor)]
-                )
-                created.append(name)
-            except TopicAlreadyExistsError:
-                pass
+        return bool(await _create_missing(admin, [name], partitions, replication_factor))
+    finally:
+        await admin.close()
+
+
+async def ensure_topics(
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    extra: tuple[str, ...] = (),
+    *,
+    raw_partitions_must_match: bool = False,
+) -> list[str]:
+    """Create kubevents' topics (and ``extra`` ones) if missing; returns the ones created.
+
+    ``raw_partitions_must_match`` (the core worker): its tables are co-partitioned with the raw
+    topic, their changelogs get ``topics.partitions`` partitions, so the raw topic must have as
+    many (Faust would otherwise fail at the first table write, long after start-up)."""
+    admin = await _admin(kafka)
+    try:
+        names = [topics.raw, topics.enriched, topics.dlq, *extra]
+        created = await _create_missing(admin, names, topics.partitions, topics.replication_factor)
         if raw_partitions_must_match:
             described = await admin.describe_topics([topics.raw])
             found = len(described[0].get("partitions") or []) if described else 0

@@ -6,8 +6,8 @@ drag the whole worker (Faust, tables, agents) into the producer, or the CLI into
     1  app.kube, app.kafka            clients of the two outside systems
     2  app.worker                     Faust app factory, batch loop, Faust corrections
     3  tables                         table definitions, written through app.worker's loop
-    4  app.producer, app.core         the stages (and, later, app.sinks)
-    5  agents                         register a pipeline on an app
+    4  app.producer, app.core, app.sinks   the stages
+    5  agents, app.supervise          register a pipeline on an app; `kubevents run`
     6  app.cli                        builds the settings and runs a command
 
 Packages of one layer do not import each other either (the producer knows nothing of the core),
@@ -27,8 +27,8 @@ LAYERS = [
     ["app.kube", "app.kafka"],
     ["app.worker"],
     ["tables"],
-    ["app.producer", "app.core"],
-    ["agents"],
+    ["app.producer", "app.core", "app.sinks"],
+    ["agents", "app.supervise"],
     ["app.cli"],
 ]
 

@@ -59,7 +59,72 @@ def test_config_command_never_prints_secrets(
 def test_unknown_pipeline_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["worker", "--pipeline", "cores"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["kubevents: error: unknown pipeline cores: available: core"]
+    assert len(err) == 1 and err[0].startswith("kubevents: error: unknown pipeline cores:")
+    assert "declared are core" in err[0] and "KUBEVENTS_ELASTICSEARCH_URL" in err[0]
+
+
+PIPELINES_YAML = """
+elasticsearch:
+  username: elastic
+pipelines:
+  - id: all-events
+    sink: elasticsearch
+    elasticsearch: {url: "http://es-a:9200,http://es-b:9200"}
+  - id: warnings
+    sink: elasticsearch
+    batch_size: 200
+    filters: {types: [Warning], exclude_namespaces: [kube-system]}
+    elasticsearch: {url: "http://es-warn:9200", index: warnings}
+  - id: copy
+    sink: kafka
+    kafka: {topic: events-copy}
+"""
+
+
+def test_pipelines_from_yaml_two_of_one_kind_with_the_kind_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "kubevents.yaml"
+    config.write_text(PIPELINES_YAML)
+    monkeypatch.setenv("KUBEVENTS_MYSQL_URL", "mysql+pymysql://root@db:3306/events")
+    pipelines = {p.id: p for p in load_settings(str(config)).sink_pipelines()}
+    assert list(pipelines) == ["all-events", "warnings", "copy", "mysql"]
+    es, warn = pipelines["all-events"].elasticsearch, pipelines["warnings"].elasticsearch
+    assert es is not None and warn is not None
+    assert es.urls == ["http://es-a:9200", "http://es-b:9200"] and es.index == "k8s-events"
+    assert warn.urls == ["http://es-warn:9200"] and warn.index == "warnings"
+    assert es.username == warn.username == "elastic"  # the kind's section fills the rest
+    assert pipelines["warnings"].filters.types == ["Warning"]
+    assert pipelines["warnings"].app_id == "kubevents-sink-warnings"
+    assert pipelines["copy"].kafka is not None and pipelines["copy"].kafka.topic == "events-copy"
+    mysql = pipelines["mysql"].mysql  # from the URL alone
+    assert mysql is not None and mysql.url is not None
+    assert mysql.url.get_secret_value().endswith("/events")
+
+
+def test_sink_flags_add_pipelines_and_list_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "kubevents.yaml"
+    config.write_text(PIPELINES_YAML)
+    flag = "mysql:?root:secret@tcp(db:3306)/kube_eventer?charset=utf8"
+    assert main(["--config", str(config), "pipelines", "--sink", flag]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in out] == [
+        "core",
+        "all-events",
+        "warnings",
+        "copy",
+        "mysql",
+    ]
+    assert "kubevents-sink-mysql" in out[-1] and "secret" not in "\n".join(out)
+
+
+def test_pipeline_ids_must_be_unique(tmp_path: Path) -> None:
+    config = tmp_path / "kubevents.yaml"
+    config.write_text("pipelines: [{id: a, sink: kafka}, {id: a, sink: kafka}]")
+    with pytest.raises(UserError, match="unique: a repeated"):
+        load_settings(str(config)).sink_pipelines()
 
 
 def test_missing_config_file(capsys: pytest.CaptureFixture[str]) -> None:
