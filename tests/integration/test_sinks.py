@@ -146,9 +146,8 @@ def test_kubevents_run_restarts_a_pipeline_killed_under_it_and_stops_everything(
         )
         copied = json_values(consume(brokers, f"t{names['tag']}-copy", until=2, idle_s=2))
         assert {d["uid"] for d in copied} >= {"a", "b"}
-        assert re.search(
-            r"copy-0 +pid \d+ +port \d+ +restarts 1 +copy: running; copy: writing", log_path.read_text()
-        )
+        status = r"copy-0 +pid \d+ +port \d+ +restarts 1 +copy: running; copy: writing"
+        assert re.search(status, log_path.read_text())
     finally:
         os.killpg(run.pid, signal.SIGINT)
         code = run.wait(60)
