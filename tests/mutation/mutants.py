@@ -109,3 +109,124 @@ MUTANTS += [
         ),
     ),
 ]
+
+# Elasticsearch sink: each guarantee of app/sinks/elasticsearch.py, against Elasticsearch 8 (the
+# [es9] variants run the same code against the other server; one server keeps the gate short).
+ES_SINK = "app/sinks/elasticsearch.py"
+ES = "tests/integration/test_sink_elasticsearch.py"
+ES_STREAM = f"{ES}::test_stream_reads_back_exactly_newest_version_once_per_uid[es8]"
+ES_REJECTED = (
+    f"{ES}::test_a_rejected_record_is_a_failure_with_elasticsearchs_reason_and_the_rest_is_written"
+    "[es8]"
+)
+MUTANTS += [
+    Mutant(
+        name="es-no-external-version",
+        why="documents are indexed without the resourceVersion as external version: a late "
+        "older version overwrites the newer one",
+        path=ES_SINK,
+        old='        "version": external_version(event),\n        "version_type": "external_gte",',
+        new="       ",
+        tests=(ES_STREAM,),
+    ),
+    Mutant(
+        name="es-fallback-version-constant",
+        why="events with a non-numeric resourceVersion all get the same version: the last one "
+        "written wins, older or not",
+        path=ES_SINK,
+        old="    return micros * COUNT_SLOTS + min(max(slot, 0), COUNT_SLOTS - 1)\n",
+        new="    return 1\n",
+        tests=(ES_STREAM,),
+    ),
+    Mutant(
+        name="es-stale-409-is-a-failure",
+        why="a 409 (a newer version is already there) is reported as a failure to retry: a "
+        "late older version or a redelivery blocks the pipeline",
+        path=ES_SINK,
+        old="    if status == 409:\n",
+        new="    if False:\n",
+        tests=(ES_STREAM,),
+    ),
+    Mutant(
+        name="es-index-by-last-seen",
+        why="the daily index follows last_seen: a repeat on the next day puts a second "
+        "document of the same uid in another index",
+        path=ES_SINK,
+        old='(event.get("first_seen"), created, event.get("last_seen"))',
+        new='(event.get("last_seen"), created, event.get("first_seen"))',
+        tests=(ES_STREAM,),
+    ),
+    Mutant(
+        name="es-no-date-clamp",
+        why="first_seen 0001-01-01 (never set) is believed: an index for year 1",
+        path=ES_SINK,
+        old="EARLIEST = datetime(2014, 6, 1, tzinfo=UTC)",
+        new="EARLIEST = datetime(1, 1, 1, tzinfo=UTC)",
+        tests=(ES_STREAM,),
+    ),
+    Mutant(
+        name="es-dates-not-lenient",
+        why="date_nanos without ignore_malformed: a document with first_seen 0001-01-01 is "
+        "rejected instead of kept",
+        path=ES_SINK,
+        old='DATE: dict[str, Any] = {"type": "date_nanos", "ignore_malformed": True}',
+        new='DATE: dict[str, Any] = {"type": "date_nanos"}',
+        tests=(ES_STREAM,),
+    ),
+    Mutant(
+        name="es-labels-as-object",
+        why="labels mapped as a plain object under dynamic: false: nothing in them is searchable",
+        path=ES_SINK,
+        old='        "labels": {"type": "flattened", "ignore_above": 1024},\n',
+        new='        "labels": {"type": "object"},\n',
+        tests=(ES_STREAM,),
+    ),
+    Mutant(
+        name="es-rejection-retried",
+        why="a mapping rejection is reported as retryable: the record blocks the pipeline "
+        "forever instead of going to the dead-letter topic",
+        path=ES_SINK,
+        old='        return "rejected", reason\n',
+        new='        return "retry", reason\n',
+        tests=(ES_REJECTED,),
+    ),
+    Mutant(
+        name="es-failure-index-of-the-request",
+        why="a failure names the record's position in its bulk request, not in the batch: with "
+        "several requests, the wrong record is dead-lettered",
+        path=ES_SINK,
+        old="            for (i, _), item in zip(chunk, items, strict=True)\n",
+        new="            for i, (_, item) in enumerate(zip(chunk, items, strict=True))\n",
+        tests=(ES_REJECTED,),
+    ),
+    Mutant(
+        name="es-template-only-when-missing",
+        why="the template is installed only when absent: an upgraded kubevents keeps the old one",
+        path=ES_SINK,
+        old="            await self.client.indices.put_index_template(",
+        new="            if not await self.client.indices.exists_index_template(\n"
+        "                name=template_name(self.options.index)\n"
+        "            ):\n"
+        "              await self.client.indices.put_index_template(",
+        tests=(f"{ES}::test_the_template_is_installed_again_on_every_start[es8]",),
+    ),
+    Mutant(
+        name="es-retention-matches-prefixes",
+        why="retention takes any index ending in a date under the prefix: another pipeline's "
+        "<index>-x-YYYY.MM.DD is deleted",
+        path=ES_SINK,
+        old="    match = _DAILY.match(name, len(index))\n",
+        new="    match = _DAILY.search(name, len(index))\n",
+        tests=(
+            f"{ES}::test_retention_deletes_only_this_sinks_daily_indices_older_than_the_limit[es8]",
+        ),
+    ),
+    Mutant(
+        name="es-start-waits-past-its-timeout",
+        why="start() keeps waiting for an unreachable cluster past startup_timeout_s",
+        path=ES_SINK,
+        old="            if left <= 0:\n",
+        new="            if left <= -10:\n",
+        tests=(f"{ES}::test_start_against_a_closed_port_is_transient_within_the_timeout",),
+    ),
+]
