@@ -6,13 +6,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum requirements.lock pyproject.toml | sha1sum | cut -c1-12)
 TIMED := scripts/timed
 
-.PHONY: help venv stack stack-down lint typecheck unit integration test mutants demo lock bench clean
+.PHONY: help venv stack stack-down stack-status lint typecheck unit integration test mutants demo lock bench clean
 
 help:
 	@echo "make demo        bring the stack up and run the pipeline on a live cluster"
 	@echo "make test        lint, type-check and run every test against the real stack"
-	@echo "make stack       start Kafka, Elasticsearch, MariaDB and Kubernetes (first run builds)"
+	@echo "make stack       start Kafka, Elasticsearch 8 and 9, MariaDB and Kubernetes (first run builds)"
 	@echo "make stack-down  stop them"
+	@echo "make stack-status  one line per server: ready, starting or stopped"
 	@echo "make mutants     the mutation gate: broken copies of the code that the tests must catch"
 	@echo "make bench       run the benchmark scripts (producer, core)"
 	@echo "make lock        re-pin requirements.lock from pyproject.toml"
@@ -33,6 +34,9 @@ stack:
 
 stack-down:
 	@bash stack/down.sh
+
+stack-status:
+	@bash stack/status.sh
 
 lint: venv
 	@$(TIMED) "ruff" bash -c '$(VENV)/bin/ruff check app agents tables tests bench && $(VENV)/bin/ruff format --check app agents tables tests bench'

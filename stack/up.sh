@@ -4,7 +4,7 @@
 source "$(dirname "$0")/lib.sh"
 
 SERVICES=("$@")
-[[ ${#SERVICES[@]} -gt 0 ]] || SERVICES=(kafka elasticsearch mariadb kubernetes)
+[[ ${#SERVICES[@]} -gt 0 ]] || SERVICES=(kafka elasticsearch elasticsearch9 mariadb kubernetes)
 
 timed() {  # timed LABEL CMD...: run and report how long it took
   local label="$1" start=$SECONDS; shift
@@ -36,6 +36,6 @@ for svc in "${SERVICES[@]}"; do timed "wait $svc" "$ROOT/stack/$svc.sh" wait; do
 
 {
   echo "# Written by make stack; source it: . .stack/env"
-  for svc in kafka elasticsearch mariadb kubernetes; do "$ROOT/stack/$svc.sh" env; done
+  for svc in kafka elasticsearch elasticsearch9 mariadb kubernetes; do "$ROOT/stack/$svc.sh" env; done
 } >"$STATE/env"
 log "stack is up; environment in $STATE/env, logs in $LOGS"
