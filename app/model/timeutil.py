@@ -32,8 +32,11 @@ def _parse(value: str) -> datetime | None:
 
 @lru_cache(maxsize=4096)
 def format_time(value: datetime) -> str:
-    """ISO 8601 in UTC with microseconds: 2024-05-01T12:00:00.000000Z."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """ISO 8601 in UTC with microseconds: 2024-05-01T12:00:00.000000Z. The year is padded by
+    hand: strftime's %Y gives "1" for Go's zero time (0001-01-01), which breaks the schema's
+    pattern and every date parser downstream."""
+    utc = value.astimezone(UTC)
+    return f"{utc.year:04d}" + utc.strftime("-%m-%dT%H:%M:%S.%fZ")
 
 
 def now_iso() -> str:

@@ -89,3 +89,12 @@ def test_record_carries_root_owner_and_raw() -> None:
     assert rec["root_owner"] == {"kind": "Deployment", "name": "web"}
     assert rec["labels"] == {"app_kubernetes_io_name": "web"}
     assert rec["raw"]["metadata"]["uid"] == "e-1111" and rec["count_delta"] == 2
+
+
+def test_go_zero_time_keeps_a_four_digit_year() -> None:
+    from datetime import UTC, datetime
+
+    assert format_time(datetime(1, 1, 1, tzinfo=UTC)) == "0001-01-01T00:00:00.000000Z"
+    assert (
+        format_time(datetime(999, 5, 6, 7, 8, 9, 10, tzinfo=UTC)) == "0999-05-06T07:08:09.000010Z"
+    )

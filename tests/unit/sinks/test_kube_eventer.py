@@ -17,6 +17,16 @@ from app.sinks.kube_eventer import parse_sink, parse_sinks
 SECRET = "s3cr3t-Pa55"
 
 
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings() reads KUBEVENTS_* (the stack's env adds default pipelines): none here."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("KUBEVENTS_"):
+            monkeypatch.delenv(key)
+
+
 def as_yaml(flag: str, declaration: str, environ: dict[str, str] | None = None) -> None:
     got = PipelineSettings.model_validate(parse_sink(flag, 1, environ=environ or {}))
     want = PipelineSettings.model_validate(yaml.safe_load(declaration))
