@@ -156,3 +156,115 @@ def test_kubevents_run_restarts_a_pipeline_killed_under_it_and_stops_everything(
     second = started_pids(log_path.read_text(), "copy-0")[-1]
     with pytest.raises(ProcessLookupError):
         os.kill(second, 0)
+
+
+# -- a sink worker killed after its write, before its commit ---------------------------------------
+
+
+def partition_offsets(
+    brokers: str, topic: str, total: int
+) -> list[tuple[int, int, dict[str, Any]]]:
+    """(partition, offset, record) of every record of a fresh topic (read in each partition's
+    order from its start: the position is the offset)."""
+    seen: dict[int, int] = {}
+    out = []
+    for _, value, partition in consume(brokers, topic, until=total, idle_s=2):
+        offset = seen.get(partition, 0)
+        seen[partition] = offset + 1
+        out.append((partition, offset, json.loads(value or b"{}")))
+    return out
+
+
+def versions_stream(uids: int, versions: int) -> list[dict[str, Any]]:
+    """Each event repeated: count 1..versions with rising resourceVersions, interleaved."""
+    return [
+        record(
+            f"ev{u}",
+            rv=10_000 + v * 1000 + u,
+            count=v,
+            type_="Warning",
+            reason="BackOff",
+            last=f"2026-12-03T10:{v:02d}:00.000000Z",
+        )
+        for v in range(1, versions + 1)
+        for u in range(uids)
+    ]
+
+
+def test_an_elasticsearch_worker_killed_between_write_and_commit_leaves_no_gap_and_no_duplicate(
+    brokers: str, names: dict[str, str], tmp_path: Path, procs: list[Proc]
+) -> None:
+    from elasticsearch import Elasticsearch
+
+    from tests.integration.conftest import committed, need_env
+
+    url = need_env("KUBEVENTS_ELASTICSEARCH_URL")
+    index = f"t-{names['tag']}"
+    cfg = tmp_path / "kubevents.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "pipelines": [
+                    {
+                        "id": "es",
+                        "sink": "elasticsearch",
+                        "batch_size": 50,
+                        "batch_delay_ms": 0,
+                        "elasticsearch": {"url": url, "index": index},
+                    }
+                ]
+            }
+        )
+    )
+    topic, group = names["KUBEVENTS_TOPICS_ENRICHED"], "kubevents-sink-es"
+    events = versions_stream(100, 3)
+    # A record Elasticsearch refuses for good among them: dead-lettered, its batch written.
+    poison = record("poison", count="not-a-number")  # type: ignore[arg-type]
+    first, rest = [*events[:10], poison, *events[10:150]], events[150:]
+    produce(brokers, topic, [(key_of(e), json.dumps(e).encode()) for e in first])
+    es = Elasticsearch(url, request_timeout=30)
+    try:
+        port = free_port()
+        env = {**env_of(names), "KUBEVENTS_WORKER_WEB_PORT": str(port)}
+        # Dies right after a write is acknowledged by Elasticsearch, before the batch is acked.
+        doomed = Proc(
+            ["--config", str(cfg), "worker", "--pipeline", "es"],
+            {**env, "KUBEVENTS_FAULTS": "sink.written=exit@151"},
+            "sink-es-doomed",
+        )
+        procs.append(doomed)
+        # The first 150 are written and committed; the fault is armed from then on.
+        wait_committed(brokers, group, topic, len(first))
+        produce(brokers, topic, [(key_of(e), json.dumps(e).encode()) for e in rest])
+        assert doomed.proc.wait(120) == 137, doomed.output()[-3000:]
+        done = committed(brokers, group, topic)
+        assert sum(done.values()) == len(first)
+        [letter] = json_values(consume(brokers, names["KUBEVENTS_TOPICS_DLQ"], until=1))
+        assert letter["pipeline"] == "es" and "parsing_exception" in letter["reason"]
+        assert json.loads(letter["value_text"]) == poison
+        located = partition_offsets(brokers, topic, len(events) + 1)
+        uncommitted = [r for p, o, r in located if o >= done.get(p, 0)]
+        assert len(uncommitted) == len(rest)
+        es.indices.refresh(index=index)
+        hits = es.search(index=index, size=1000, version=True)["hits"]["hits"]
+        written_after = {(h["_id"], h["_version"]) for h in hits} & {
+            (r["uid"], int(r["resource_version"])) for r in uncommitted
+        }
+        assert written_after, "the fault landed with a batch written and not committed"
+        # Restarted: the uncommitted batch is read and written again, harmlessly.
+        procs.append(Proc(["--config", str(cfg), "worker", "--pipeline", "es"], env, "sink-es"))
+        wait_committed(brokers, group, topic, len(events) + 1)
+        es.indices.refresh(index=index)
+        hits = es.search(index=index, size=1000, version=True)["hits"]["hits"]
+        final = {e["uid"]: e for e in events if e["count"] == 3}
+        assert len(hits) == len(final) == 100  # one document per event: no gap, no duplicate
+        for hit in hits:
+            assert hit["_source"] == final[hit["_id"]]
+            assert hit["_version"] == int(final[hit["_id"]]["resource_version"])
+    finally:
+        for name in es.indices.get(index=f"{index}-*", ignore_unavailable=True).body:
+            es.options(ignore_status=404).indices.delete(index=name)
+        from app.sinks.elasticsearch import template_name
+
+        es.options(ignore_status=404).indices.delete_index_template(name=template_name(index))
+        es.close()
