@@ -126,14 +126,19 @@ def metric(port: int, name: str) -> float:
     return total
 
 
-def kafka_ctl(action: str) -> None:
-    """Stop, start or wait for the stack's Kafka (stack/kafka.sh): a real outage."""
+def stack_ctl(service: str, action: str) -> None:
+    """Stop, start or wait for one of the stack's servers (stack/<service>.sh): a real outage."""
     subprocess.run(
-        ["bash", str(ROOT / "stack" / "kafka.sh"), action],
+        ["bash", str(ROOT / "stack" / f"{service}.sh"), action],
         check=True,
         capture_output=True,
-        timeout=180,
+        timeout=240,
     )
+
+
+def kafka_ctl(action: str) -> None:
+    """Stop, start or wait for the stack's Kafka (stack/kafka.sh): a real outage."""
+    stack_ctl("kafka", action)
 
 
 @pytest.fixture()
