@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
@@ -39,6 +40,10 @@ MIGRATIONS = Path(__file__).with_name("mysql_migrations")
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
 MIN_MYSQL, MIN_MARIADB = (8, 0), (10, 6)
 MIGRATION_LOCK_WAIT_S = 60
+# alembic's ``context`` and ``op`` are module-level proxies: two upgrades at once in one process
+# (two sinks, any tables) would run one's revisions on the other's connection (reproduced:
+# "Packet sequence number wrong", KeyError('config')). The server's GET_LOCK covers processes.
+_ALEMBIC = threading.Lock()
 
 # Strict whatever the server's default: a value that does not fit is refused (and dead-lettered
 # by the pipeline), never silently truncated or zeroed. DATETIME has no zone; UTC for the rest.
@@ -70,7 +75,10 @@ def server_reason(exc: BaseException) -> str:
     args: tuple[object, ...] = getattr(orig, "args", ())
     message = " ".join(str(args[1] if len(args) > 1 else orig).split())
     number = error_number(exc)
-    return f"MySQL error {number}: {message}" if number else message or type(orig).__name__
+    if number:
+        return f"MySQL error {number}: {message}"
+    # PyMySQL's InterfaceError(0, ''): a connection it had already closed after an error.
+    return f"MySQL connection unusable ({type(orig).__name__}{': ' + message if message else ''})"
 
 
 def classify(exc: BaseException) -> TransientError | Rejected | None:
@@ -141,7 +149,8 @@ def migrate(connection: Connection, table: str, revision: str = "head") -> None:
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
     config.attributes["table"] = table
-    command.upgrade(config, revision)
+    with _ALEMBIC:
+        command.upgrade(config, revision)
 
 
 class MySQLSink:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -153,6 +154,51 @@ def test_start_migrates_an_empty_database_to_head(database: str) -> None:
     found = indexes(database)
     assert found[f"uq_{TABLE}_uid"] == ["uid"]
     assert {k: v for k, v in found.items() if k.startswith("ix_")} == QUERY_INDEXES
+
+
+def replica(database: str, tables: list[str], barrier: Any) -> None:
+    """One replica's process: starts a sink on each table, in step with the other replicas."""
+    for table in tables:
+        barrier.wait(60)
+        sink = make_sink(database, table=table)
+        try:
+            asyncio.run(sink.start())
+        except BaseException:
+            barrier.abort()  # the others stop waiting for this one
+            raise  # and the process exits with 1
+        asyncio.run(sink.stop())
+
+
+def test_replicas_starting_together_migrate_once(database: str) -> None:
+    """Four replicas (processes) start at the same moment on an empty table, three times: the
+    server's named lock lets one migrate while the others wait, instead of racing to create the
+    same tables and indexes (1050, 1061)."""
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(4)
+    tables = [f"race_{i}" for i in range(3)]
+    replicas = [context.Process(target=replica, args=(database, tables, barrier)) for _ in range(4)]
+    for process in replicas:
+        process.start()
+    for process in replicas:
+        process.join(120)
+    assert [p.exitcode for p in replicas] == [0] * 4
+    for table in tables:
+        rows = query(database, f"SELECT version_num FROM {table}_alembic_version")
+        assert rows == [{"version_num": head()}]
+
+
+def test_sinks_in_one_process_migrate_one_at_a_time(database: str) -> None:
+    """Two tables at once in one process: alembic's module-level context is not shared."""
+    sinks = [make_sink(database, table=f"events_{i}") for i in range(4)]
+
+    async def start_all() -> None:
+        await asyncio.gather(*(sink.start() for sink in sinks))
+        await asyncio.gather(*(sink.stop() for sink in sinks))
+
+    asyncio.run(start_all())
+    for i in range(4):
+        rows = query(database, f"SELECT version_num FROM events_{i}_alembic_version")
+        assert rows == [{"version_num": head()}]
 
 
 def _config() -> Config:

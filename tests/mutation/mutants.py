@@ -110,7 +110,8 @@ MUTANTS += [
     ),
 ]
 
-# MySQL sink: the version guard, one statement per chunk, the schema's characters and sizes.
+# MySQL sink: the version guard, one statement per chunk, one transaction per write, the
+# schema's characters and sizes, migrations that never race.
 MYSQL_TESTS = "tests/integration/test_sink_mysql.py"
 MYSQL_UNIT = "tests/unit/sinks/test_mysql.py"
 MYSQL_STREAM = (
@@ -121,6 +122,9 @@ GUARD_LAST = (
     '    sets.append(("guard_version", func.greatest(old.guard_version, new.guard_version)))\n'
 )
 CHUNK_EXECUTE = "                    conn.execute(self._statement, list(chunk))\n"
+MIGRATION_LOCK_TAKEN = (
+    "        conn.commit()  # alembic leaves a transaction it did not open to its opener\n"
+)
 ONE_TRANSACTION = (
     """            with self._engine.begin() as conn:
                 for chunk in chunks(rows, self.options.chunk_rows):
@@ -225,5 +229,24 @@ MUTANTS += [
         old='                "init_command": SESSION_INIT,\n',
         new="",
         tests=(f"{MYSQL_TESTS}::test_a_value_too_long_is_rejected_with_the_servers_reason",),
+    ),
+    Mutant(
+        name="mysql-no-migration-lock",
+        why="replicas starting together all migrate at once and race to create the same tables "
+        "and indexes (the named lock is released as soon as it is taken)",
+        path="app/sinks/mysql.py",
+        old=MIGRATION_LOCK_TAKEN,
+        new=MIGRATION_LOCK_TAKEN
+        + '        conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": lock})\n',
+        tests=(f"{MYSQL_TESTS}::test_replicas_starting_together_migrate_once",),
+    ),
+    Mutant(
+        name="mysql-alembic-unserialised",
+        why="two sinks of one process migrate at once through alembic's module-level context: "
+        "one runs its revisions on the other's connection",
+        path="app/sinks/mysql.py",
+        old="    with _ALEMBIC:\n        command.upgrade(config, revision)\n",
+        new="    command.upgrade(config, revision)\n",
+        tests=(f"{MYSQL_TESTS}::test_sinks_in_one_process_migrate_one_at_a_time",),
     ),
 ]
