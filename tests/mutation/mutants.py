@@ -230,3 +230,144 @@ MUTANTS += [
         tests=(f"{ES}::test_start_against_a_closed_port_is_transient_within_the_timeout",),
     ),
 ]
+
+# MySQL sink: the version guard, one statement per chunk, one transaction per write, the
+# schema's characters and sizes, migrations that never race.
+MYSQL_TESTS = "tests/integration/test_sink_mysql.py"
+MYSQL_UNIT = "tests/unit/sinks/test_mysql.py"
+MYSQL_STREAM = (
+    f"{MYSQL_TESTS}::test_a_stream_written_out_of_order_and_twice_leaves_exactly_the_newest_rows"
+)
+ROWS = "app/sinks/mysql_rows.py"
+GUARD_LAST = (
+    '    sets.append(("guard_version", func.greatest(old.guard_version, new.guard_version)))\n'
+)
+CHUNK_EXECUTE = "                    conn.execute(self._statement, list(chunk))\n"
+MIGRATION_LOCK_TAKEN = (
+    "        conn.commit()  # alembic leaves a transaction it did not open to its opener\n"
+)
+ONE_TRANSACTION = (
+    """            with self._engine.begin() as conn:
+                for chunk in chunks(rows, self.options.chunk_rows):
+                    # A list of parameter sets: executemany, one multi-row statement per chunk
+                    # (PyMySQL splits it further only past ~1 MB, max_stmt_length).
+"""
+    + CHUNK_EXECUTE
+)
+MUTANTS += [
+    Mutant(
+        name="mysql-no-version-guard",
+        why="every column takes the incoming version: a late older version (a redelivery, a "
+        "replay) moves count, last_seen and message backwards",
+        path=ROWS,
+        old="case((newer, new[name]), else_=old[name])",
+        new="new[name]",
+        tests=(MYSQL_STREAM,),
+    ),
+    Mutant(
+        name="mysql-guard-assigned-first",
+        why="guard_version moves before the columns that compare against it (the SET-order "
+        "trap). With >= the outcome happens to be the same (v >= max(g, v) iff v >= g), so only "
+        "the rendered order catches it; with > nothing would ever move again",
+        path=ROWS,
+        old=GUARD_LAST,
+        new=GUARD_LAST.replace("sets.append(", "sets.insert(0, "),
+        tests=(f"{MYSQL_UNIT}::test_guard_column_is_assigned_last_and_guards_every_other",),
+    ),
+    Mutant(
+        name="mysql-first-seen-follows-newest",
+        why="first_seen is taken from the newest version instead of the earliest ever written",
+        path=ROWS,
+        old="func.least(old.first_seen, new.first_seen)",
+        new="case((newer, new.first_seen), else_=old.first_seen)",
+        tests=(MYSQL_STREAM,),
+    ),
+    Mutant(
+        name="mysql-collapse-keeps-oldest",
+        why="a batch holding two versions of one uid writes the older one",
+        path=ROWS,
+        old='row["guard_version"] >= kept["guard_version"]',
+        new='row["guard_version"] <= kept["guard_version"]',
+        tests=(MYSQL_STREAM,),
+    ),
+    Mutant(
+        name="mysql-no-fallback-guard",
+        why="a resourceVersion that is no number guards with 0: any late version overwrites",
+        path=ROWS,
+        old="version if version is not None else fallback_version(last_seen)",
+        new="version if version is not None else 0",
+        tests=(MYSQL_STREAM,),
+    ),
+    Mutant(
+        name="mysql-statement-per-row",
+        why="the chunk is sent row by row (30-40x slower), as PyMySQL silently does for any "
+        "statement its executemany cannot batch",
+        path="app/sinks/mysql.py",
+        old=CHUNK_EXECUTE,
+        new="                    for row in chunk:\n"
+        "                        conn.execute(self._statement, row)\n",
+        tests=(f"{MYSQL_TESTS}::test_each_chunk_is_one_multi_row_statement",),
+    ),
+    Mutant(
+        name="mysql-function-among-values",
+        why="a function among the VALUES: PyMySQL's executemany no longer batches the statement",
+        path=ROWS,
+        old="    stmt = mysql.insert(table)\n",
+        new="    stmt = mysql.insert(table).values(observed_at=func.utc_timestamp())\n",
+        tests=(f"{MYSQL_TESTS}::test_each_chunk_is_one_multi_row_statement",),
+    ),
+    Mutant(
+        name="mysql-commit-per-chunk",
+        why="chunks before a rejected one stay committed: the write is no longer all or nothing",
+        path="app/sinks/mysql.py",
+        old=ONE_TRANSACTION,
+        new=ONE_TRANSACTION.replace(".begin() as conn", ".connect() as conn")
+        + "                    conn.commit()\n",
+        tests=(f"{MYSQL_TESTS}::test_a_value_too_long_is_rejected_with_the_servers_reason",),
+    ),
+    Mutant(
+        name="mysql-table-without-utf8mb4",
+        why="the table takes the database's character set (latin1 by MariaDB's compiled "
+        "default): emoji and most non-Latin text are refused or mangled",
+        path="app/sinks/mysql_migrations/versions/v0001_events_table.py",
+        old='        mysql_charset="utf8mb4",\n        mysql_collate="utf8mb4_bin",\n',
+        new="",  # both: the collation alone implies its character set
+        tests=(MYSQL_STREAM,),
+    ),
+    Mutant(
+        name="mysql-message-text",
+        why="message as TEXT (64 KB): a 30 000-character message of 4-byte characters is refused",
+        path="app/sinks/mysql_migrations/versions/v0001_events_table.py",
+        old='sa.Column("message", mysql.MEDIUMTEXT, nullable=False)',
+        new='sa.Column("message", sa.Text, nullable=False)',
+        tests=(MYSQL_STREAM,),
+    ),
+    Mutant(
+        name="mysql-server-sql-mode",
+        why="the session keeps the server's sql_mode: on a non-strict server a value too long is "
+        "truncated silently instead of refused",
+        path="app/sinks/mysql.py",
+        old='                "init_command": SESSION_INIT,\n',
+        new="",
+        tests=(f"{MYSQL_TESTS}::test_a_value_too_long_is_rejected_with_the_servers_reason",),
+    ),
+    Mutant(
+        name="mysql-no-migration-lock",
+        why="replicas starting together all migrate at once and race to create the same tables "
+        "and indexes (the named lock is released as soon as it is taken)",
+        path="app/sinks/mysql.py",
+        old=MIGRATION_LOCK_TAKEN,
+        new=MIGRATION_LOCK_TAKEN
+        + '        conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": lock})\n',
+        tests=(f"{MYSQL_TESTS}::test_replicas_starting_together_migrate_once",),
+    ),
+    Mutant(
+        name="mysql-alembic-unserialised",
+        why="two sinks of one process migrate at once through alembic's module-level context: "
+        "one runs its revisions on the other's connection",
+        path="app/sinks/mysql.py",
+        old="    with _ALEMBIC:\n        command.upgrade(config, revision)\n",
+        new="    command.upgrade(config, revision)\n",
+        tests=(f"{MYSQL_TESTS}::test_sinks_in_one_process_migrate_one_at_a_time",),
+    ),
+]
