@@ -371,3 +371,60 @@ MUTANTS += [
         tests=(f"{MYSQL_TESTS}::test_sinks_in_one_process_migrate_one_at_a_time",),
     ),
 ]
+
+# The sink pipeline around every sink (app/sinks/pipeline.py) and its commit path.
+PIPELINE = "app/sinks/pipeline.py"
+PIPELINE_UNIT = "tests/unit/sinks/test_pipeline.py"
+SINK_TESTS = "tests/integration/test_sinks.py"
+ISOLATION = "tests/integration/test_isolation.py"
+
+MUTANTS += [
+    Mutant(
+        name="sink-ack-before-write",
+        why="a sink pipeline's records are acked (so committed) before they are written: a worker "
+        "killed while its destination is down loses the batch it held",
+        path="app/worker/batch_loop.py",
+        old=HANDLE + ACK,
+        new=ACK + HANDLE,
+        tests=(
+            f"{ISOLATION}::test_one_destination_down_for_a_minute_does_not_delay_the_other_and_"
+            "catches_up_exactly[es-elasticsearch]",
+        ),
+    ),
+    Mutant(
+        name="sink-rejection-fails-its-batch",
+        why="one record the destination refuses sends its whole batch to the dead-letter topic",
+        path=PIPELINE,
+        old="            refused = [(pending[f.index], f.reason)"
+        " for f in failures if not f.retry]\n",
+        new="            refused = [(item, failures[0].reason) for item in pending] if any(\n"
+        "                not f.retry for f in failures) else []\n",
+        tests=(
+            f"{PIPELINE_UNIT}::test_a_record_refused_for_good_is_dead_lettered_and_the_rest_written",
+            f"{SINK_TESTS}::test_an_elasticsearch_worker_killed_between_write_and_commit_leaves_no_"
+            "gap_and_no_duplicate",
+        ),
+    ),
+    Mutant(
+        name="sink-no-bisection",
+        why="a batch refused as a whole (a multi-row statement) is dead-lettered whole instead of "
+        "bisected down to the record at fault",
+        path=PIPELINE,
+        old="                if len(pending) == 1:\n",
+        new="                if True:\n",
+        tests=(
+            f"{PIPELINE_UNIT}::test_a_batch_refused_as_a_whole_is_bisected_down_to_the_poison_records",
+        ),
+    ),
+    Mutant(
+        name="sink-transient-skipped",
+        why="a destination that is away makes the pipeline skip the batch instead of waiting",
+        path=PIPELINE,
+        old="                await self._sleep(self._backoff(attempt, exc.retry_after))\n"
+        "                continue\n",
+        new="                return\n",
+        tests=(
+            f"{PIPELINE_UNIT}::test_a_destination_away_is_retried_in_place_with_growing_capped_backoff",
+        ),
+    ),
+]
