@@ -234,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_config)
     p = sub.add_parser("version", help="print the version")
     p.set_defaults(func=cmd_version)
+    for command in sub.choices.values():  # --config after the command works too
+        command.add_argument("--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 

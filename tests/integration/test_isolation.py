@@ -90,6 +90,7 @@ def destinations(names: dict[str, str]) -> Iterator[dict[str, Any]]:
             es.options(ignore_status=404).indices.delete(index=name)
         es.options(ignore_status=404).indices.delete_index_template(name=template_name(index))
         es.close()
+        admin.dispose()  # its pooled connection died with the server it may have restarted
         with admin.begin() as conn:
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {database}"))
         admin.dispose()

@@ -91,7 +91,7 @@ def documented_default(variable: str) -> str:
     raise AssertionError(f"{variable} is not in the README's configuration table")
 
 
-RUN_BY_A_TEST = {"topics", "produce", "worker", "replay", "schema", "config"}
+RUN_BY_A_TEST = {"topics", "produce", "worker", "replay", "schema", "config", "pipelines"}
 
 
 def test_every_readme_line_is_run() -> None:
@@ -189,6 +189,15 @@ def test_readme_topics_documents_the_default_names() -> None:
     assert comment.split("# create ")[1] == ", ".join(
         [TopicSettings().raw, TopicSettings().enriched, TopicSettings().dlq]
     )
+
+
+def test_readme_pipelines_lists_the_example_files_pipelines_with_their_groups() -> None:
+    """The README's line, with the stack's URLs (the example file leaves them to them)."""
+    result = cli(readme_args("pipelines"), {})
+    assert result.returncode == 0, result.stderr
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [line[0] for line in lines] == ["core", "elasticsearch", "mysql", "warnings"]
+    assert lines[3][1] == "consumer group kubevents-sink-warnings: k8s-events -> elasticsearch"
 
 
 def test_readme_schema_prints_the_shipped_json_schema() -> None:
