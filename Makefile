@@ -15,7 +15,7 @@ help:
 	@echo "make stack-down  stop them"
 	@echo "make stack-status  one line per server: ready, starting or stopped"
 	@echo "make mutants     the mutation gate: broken copies of the code that the tests must catch"
-	@echo "make bench       run the benchmark scripts (producer, core)"
+	@echo "make bench       run the benchmark scripts (producer, core, sinks)"
 	@echo "make lock        re-pin requirements.lock from pyproject.toml"
 
 $(STAMP): requirements.lock pyproject.toml
@@ -68,7 +68,7 @@ demo: venv stack
 	@bash -c 'source .stack/env && $(PY) scripts/demo.py'
 
 bench: venv stack
-	@bash -c 'source .stack/env && $(PY) -m bench.producer && $(PY) -m bench.core'
+	@bash -c 'source .stack/env && $(PY) -m bench.producer && $(PY) -m bench.core && $(PY) -m bench.sinks'
 
 lock:
 	@test -x $(VENV)/bin/uv || (python3 -m venv $(VENV) && $(VENV)/bin/pip install -q uv==0.9.30)

@@ -68,3 +68,15 @@ def test_bench_core_runs_and_every_record_is_enriched() -> None:
         "core_peak_rss_mib",
     ):
         assert figure in summary, figure
+
+
+def test_bench_sinks_runs_and_every_document_and_row_is_written() -> None:
+    events = 1000
+    out, summary = run_bench("bench.sinks", "--events", str(events))
+    assert f"preloaded {events} enriched events" in out
+    unique = summary["unique_events"]
+    assert summary["events"] == events and 0 < unique < events
+    assert summary["elasticsearch"]["documents"] == unique
+    assert summary["mysql"]["rows"] == unique
+    for sink in ("elasticsearch", "mysql"):
+        assert summary[sink]["ratio"] > 0 and summary[sink]["pipeline_peak_rss_mib"] > 0

@@ -21,9 +21,11 @@ from tests.fixtures.records import key_of, record
 from tests.integration.conftest import (
     ROOT,
     Proc,
+    committed,
     consume,
     free_port,
     json_values,
+    need_env,
     produce,
     wait_committed,
     wait_http,
@@ -191,80 +193,158 @@ def versions_stream(uids: int, versions: int) -> list[dict[str, Any]]:
     ]
 
 
-def test_an_elasticsearch_worker_killed_between_write_and_commit_leaves_no_gap_and_no_duplicate(
-    brokers: str, names: dict[str, str], tmp_path: Path, procs: list[Proc]
-) -> None:
-    from elasticsearch import Elasticsearch
+class Destination:
+    """One real destination of the kill test: its pipeline declaration, a record it refuses for
+    good, and what it holds: uid -> (version as written, document or row)."""
 
-    from tests.integration.conftest import committed, need_env
+    kind = ""
 
-    url = need_env("KUBEVENTS_ELASTICSEARCH_URL")
-    index = f"t-{names['tag']}"
-    cfg = tmp_path / "kubevents.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "pipelines": [
-                    {
-                        "id": "es",
-                        "sink": "elasticsearch",
-                        "batch_size": 50,
-                        "batch_delay_ms": 0,
-                        "elasticsearch": {"url": url, "index": index},
-                    }
-                ]
-            }
+    def declaration(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def poison(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def held(self) -> dict[str, tuple[int, dict[str, Any]]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class ElasticsearchDestination(Destination):
+    kind = "elasticsearch"
+
+    def __init__(self, tag: str) -> None:
+        from elasticsearch import Elasticsearch
+
+        self.url = need_env("KUBEVENTS_ELASTICSEARCH_URL")
+        self.index = f"t-{tag}"
+        self.es = Elasticsearch(self.url, request_timeout=30)
+
+    def declaration(self) -> dict[str, Any]:
+        return {"elasticsearch": {"url": self.url, "index": self.index}}
+
+    def poison(self) -> dict[str, Any]:
+        return record("poison", count="not-a-number")  # type: ignore[arg-type]  # a 400
+
+    def held(self) -> dict[str, tuple[int, dict[str, Any]]]:
+        self.es.indices.refresh(index=self.index)
+        hits = self.es.search(index=self.index, size=1000, version=True)["hits"]["hits"]
+        assert len(hits) == len({h["_id"] for h in hits})
+        return {h["_id"]: (h["_version"], h["_source"]) for h in hits}
+
+    def close(self) -> None:
+        from app.sinks.elasticsearch import template_name
+
+        for name in self.es.indices.get(index=f"{self.index}-*", ignore_unavailable=True).body:
+            self.es.options(ignore_status=404).indices.delete(index=name)
+        self.es.options(ignore_status=404).indices.delete_index_template(
+            name=template_name(self.index)
         )
+        self.es.close()
+
+
+class MySQLDestination(Destination):
+    kind = "mysql"
+
+    def __init__(self, tag: str) -> None:
+        import sqlalchemy as sa
+
+        base = sa.engine.make_url(need_env("KUBEVENTS_MYSQL_URL"))
+        self.database = f"kv_kill_{tag}"
+        self.admin = sa.create_engine(base.set(database=""))
+        with self.admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE DATABASE {self.database} CHARACTER SET utf8mb4"))
+        self.url = base.set(database=self.database).render_as_string(hide_password=False)
+
+    def declaration(self) -> dict[str, Any]:
+        return {"mysql": {"url": self.url}}
+
+    def poison(self) -> dict[str, Any]:
+        return record("poison", reason="R" * 300)  # MariaDB: 1406, the statement refused whole
+
+    def held(self) -> dict[str, tuple[int, dict[str, Any]]]:
+        import sqlalchemy as sa
+
+        engine = sa.create_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    sa.text("SELECT uid, count, resource_version, message FROM k8s_events")
+                ).all()
+        finally:
+            engine.dispose()
+        assert len(rows) == len({r[0] for r in rows})
+        return {
+            r[0]: (int(r[2]), {"count": r[1], "resource_version": r[2], "message": r[3]})
+            for r in rows
+        }
+
+    def close(self) -> None:
+        import sqlalchemy as sa
+
+        with self.admin.begin() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {self.database}"))
+        self.admin.dispose()
+
+
+@pytest.mark.parametrize("kind", ["elasticsearch", "mysql"])
+def test_a_sink_worker_killed_between_write_and_commit_leaves_no_gap_and_no_duplicate(
+    kind: str, brokers: str, names: dict[str, str], tmp_path: Path, procs: list[Proc]
+) -> None:
+    """Killed right after its destination acknowledged a batch, before the batch is acked (so
+    committed): asserted that exactly the first records are committed and that records past the
+    commit are already written. After the restart: one document/row per event, final version.
+    A record the destination refuses for good (Elasticsearch: a 400 per item; MariaDB: a
+    multi-row statement refused whole, bisected) goes to the DLQ while its batch is written."""
+    dest: Destination = (
+        ElasticsearchDestination(names["tag"])
+        if kind == "elasticsearch"
+        else MySQLDestination(names["tag"])
     )
-    topic, group = names["KUBEVENTS_TOPICS_ENRICHED"], "kubevents-sink-es"
+    cfg = tmp_path / "kubevents.yaml"
+    pipeline = {"id": "sink", "sink": kind, "batch_size": 50, "batch_delay_ms": 0}
+    cfg.write_text(yaml.safe_dump({"pipelines": [{**pipeline, **dest.declaration()}]}))
+    topic, group = names["KUBEVENTS_TOPICS_ENRICHED"], "kubevents-sink-sink"
     events = versions_stream(100, 3)
-    # A record Elasticsearch refuses for good among them: dead-lettered, its batch written.
-    poison = record("poison", count="not-a-number")  # type: ignore[arg-type]
+    poison = dest.poison()
     first, rest = [*events[:10], poison, *events[10:150]], events[150:]
     produce(brokers, topic, [(key_of(e), json.dumps(e).encode()) for e in first])
-    es = Elasticsearch(url, request_timeout=30)
     try:
         port = free_port()
         env = {**env_of(names), "KUBEVENTS_WORKER_WEB_PORT": str(port)}
-        # Dies right after a write is acknowledged by Elasticsearch, before the batch is acked.
-        doomed = Proc(
-            ["--config", str(cfg), "worker", "--pipeline", "es"],
-            {**env, "KUBEVENTS_FAULTS": "sink.written=exit@151"},
-            "sink-es-doomed",
-        )
+        args = ["--config", str(cfg), "worker", "--pipeline", "sink"]
+        doomed = Proc(args, {**env, "KUBEVENTS_FAULTS": "sink.written=exit@151"}, f"{kind}-doomed")
         procs.append(doomed)
-        # The first 150 are written and committed; the fault is armed from then on.
+        # The first 151 are settled and committed; the fault is armed from then on.
         wait_committed(brokers, group, topic, len(first))
         produce(brokers, topic, [(key_of(e), json.dumps(e).encode()) for e in rest])
         assert doomed.proc.wait(120) == 137, doomed.output()[-3000:]
         done = committed(brokers, group, topic)
         assert sum(done.values()) == len(first)
         [letter] = json_values(consume(brokers, names["KUBEVENTS_TOPICS_DLQ"], until=1))
-        assert letter["pipeline"] == "es" and "parsing_exception" in letter["reason"]
-        assert json.loads(letter["value_text"]) == poison
+        assert letter["pipeline"] == "sink" and json.loads(letter["value_text"]) == poison
+        assert ("parsing_exception" if kind == "elasticsearch" else "1406") in letter["reason"]
         located = partition_offsets(brokers, topic, len(events) + 1)
-        uncommitted = [r for p, o, r in located if o >= done.get(p, 0)]
-        assert len(uncommitted) == len(rest)
-        es.indices.refresh(index=index)
-        hits = es.search(index=index, size=1000, version=True)["hits"]["hits"]
-        written_after = {(h["_id"], h["_version"]) for h in hits} & {
-            (r["uid"], int(r["resource_version"])) for r in uncommitted
+        uncommitted = {
+            (r["uid"], int(r["resource_version"])) for p, o, r in located if o >= done.get(p, 0)
         }
-        assert written_after, "the fault landed with a batch written and not committed"
-        # Restarted: the uncommitted batch is read and written again, harmlessly.
-        procs.append(Proc(["--config", str(cfg), "worker", "--pipeline", "es"], env, "sink-es"))
+        assert len(uncommitted) == len(rest)
+        written = {(uid, version) for uid, (version, _) in dest.held().items()}
+        assert written & uncommitted, "the fault landed with a batch written and not committed"
+        # Restarted: the uncommitted records are read and written again, harmlessly.
+        procs.append(Proc(args, env, kind))
         wait_committed(brokers, group, topic, len(events) + 1)
-        es.indices.refresh(index=index)
-        hits = es.search(index=index, size=1000, version=True)["hits"]["hits"]
+        held = dest.held()
         final = {e["uid"]: e for e in events if e["count"] == 3}
-        assert len(hits) == len(final) == 100  # one document per event: no gap, no duplicate
-        for hit in hits:
-            assert hit["_source"] == final[hit["_id"]]
-            assert hit["_version"] == int(final[hit["_id"]]["resource_version"])
+        assert sorted(held) == sorted(final)  # one per event: no gap, no duplicate, no poison
+        for uid, (version, doc) in held.items():
+            assert version == int(final[uid]["resource_version"])
+            assert {k: doc[k] for k in ("count", "resource_version", "message")} == {
+                k: final[uid][k] for k in ("count", "resource_version", "message")
+            }
+            if kind == "elasticsearch":
+                assert doc == final[uid]
     finally:
-        for name in es.indices.get(index=f"{index}-*", ignore_unavailable=True).body:
-            es.options(ignore_status=404).indices.delete(index=name)
-        from app.sinks.elasticsearch import template_name
-
-        es.options(ignore_status=404).indices.delete_index_template(name=template_name(index))
-        es.close()
+        dest.close()

@@ -401,8 +401,8 @@ MUTANTS += [
         "                not f.retry for f in failures) else []\n",
         tests=(
             f"{PIPELINE_UNIT}::test_a_record_refused_for_good_is_dead_lettered_and_the_rest_written",
-            f"{SINK_TESTS}::test_an_elasticsearch_worker_killed_between_write_and_commit_leaves_no_"
-            "gap_and_no_duplicate",
+            f"{SINK_TESTS}::test_a_sink_worker_killed_between_write_and_commit_leaves_no_gap_and_"
+            "no_duplicate[elasticsearch]",
         ),
     ),
     Mutant(

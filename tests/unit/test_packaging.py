@@ -243,7 +243,12 @@ def test_compose_environment_is_real_settings(name: str, monkeypatch: pytest.Mon
     assert_real_settings(env, f"docker-compose.yml {name}")
     settings = settings_with(env, monkeypatch)
     assert settings.kafka.bootstrap_servers == ["kafka:29092"]
-    assert settings.kubernetes.kubeconfig == Path("/kubeconfig")
+    command = built_services()[name]["command"]
+    pipeline = command[command.index("--pipeline") + 1] if "--pipeline" in command else None
+    if pipeline in (None, "core"):  # the producer and the core read the API server
+        assert settings.kubernetes.kubeconfig == Path("/kubeconfig")
+    else:  # a sink worker: its pipeline exists from the URL the service sets
+        assert [p.id for p in settings.sink_pipelines()] == [pipeline]
 
 
 def test_compose_producer_reads_the_host_kubeconfig() -> None:

@@ -1,0 +1,274 @@
+"""Benchmark: k8s-events -> each sink pipeline, against the same writes done by a bare loop.
+
+Preloads N enriched events (0.7 KB each, a fifth of them with a second version) on a topic, then,
+for Elasticsearch and for MySQL:
+  * bare: the same documents, decoded in memory beforehand, written directly by the fastest plain
+          loop the client library offers: ``async_streaming_bulk`` (chunks of 1000, same ``_id``s,
+          external versions, template and daily indices) / SQLAlchemy ``executemany`` of the
+          same upsert statement (chunks of 500, one transaction per 1000);
+  * pipeline: `kubevents worker --pipeline <id>` reading the topic from the start (Kafka fetch,
+          decode, filter, write, commit after the write), timed from its counter of written
+          events (``bench.common.Progress``: records after the first instant over the time since
+          it); its peak RSS.
+Prints events/s of each, the ratio pipeline/bare, and the pipeline's peak RSS. The goal (issue
+#12): each pipeline at least 0.8 of its bare loop, under 200 MiB. A document or row missing at
+the end fails the run (exit status 1).
+Usage: python -m bench.sinks [--events 100000] [--only elasticsearch|mysql]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+import yaml
+from aiokafka import AIOKafkaProducer
+from elasticsearch import AsyncElasticsearch
+from elasticsearch.helpers import async_streaming_bulk
+
+from app.settings import ElasticsearchSinkSettings, TopicSettings
+from app.sinks.elasticsearch import ElasticsearchSink, build_action, template_name
+from app.sinks.mysql_rows import chunks, events_table, to_row, upsert
+from bench.common import create_topic, free_port, start, wait_metric_progress
+
+
+def make_events(n: int) -> list[dict[str, Any]]:
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    out: list[dict[str, Any]] = []
+    i = 0
+    while len(out) < n:
+        for v in range(2 if i % 5 == 0 else 1):
+            ns = f"ns{i % 20}"
+            warning = i % 4 in (0, 3)
+            out.append(
+                {
+                    "schema_version": 1,
+                    "uid": f"uid-{i}",
+                    "cluster": "bench",
+                    "namespace": ns,
+                    "name": f"pod-{i % 2000}.{i:x}",
+                    "resource_version": str(100_000 + 10 * i + v),
+                    "api_version": "v1",
+                    "watch_type": "MODIFIED" if v else "ADDED",
+                    "involved_object": {
+                        "kind": "Pod",
+                        "name": f"pod-{i % 2000}",
+                        "namespace": ns,
+                        "uid": f"pod-uid-{i % 2000}",
+                        "api_version": "v1",
+                        "field_path": "spec.containers{app}",
+                    },
+                    "type": "Warning" if warning else "Normal",
+                    "reason": ("BackOff", "Pulled", "Scheduled", "FailedMount")[i % 4],
+                    "message": "Back-off restarting failed container app in pod (benchmark)",
+                    "action": "",
+                    "reporting_component": "kubelet",
+                    "reporting_instance": f"node-{i % 50}",
+                    "count": 1 + v,
+                    "count_delta": 1,
+                    "first_seen": now,
+                    "last_seen": now,
+                    "observed_at": now,
+                    "producer": "bench",
+                    "severity": "warning" if warning else "info",
+                    "labels": {"app": f"app-{i % 40}", "app_kubernetes_io_name": "bench"},
+                    "owners": [],
+                    "root_owner": None,
+                    "enrichment": {"status": "skipped", "error": None},
+                    "raw": {"metadata": {"uid": f"uid-{i}", "creationTimestamp": now[:19] + "Z"}},
+                }
+            )
+        i += 1
+    return out[:n]
+
+
+async def preload(brokers: str, topic: str, events: list[dict[str, Any]]) -> None:
+    await create_topic(brokers, topic, TopicSettings().partitions)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=brokers, acks="all", linger_ms=20, max_batch_size=1 << 20
+    )
+    await producer.start()
+    for event in events:
+        key = event["involved_object"]["uid"].encode()
+        await producer.send(topic, orjson.dumps(event), key=key)
+    await producer.stop()
+
+
+async def bare_elasticsearch(url: str, index: str, events: list[dict[str, Any]]) -> float:
+    """events/s of async_streaming_bulk writing the same actions (template installed first)."""
+    sink = ElasticsearchSink(ElasticsearchSinkSettings(url=url, index=index), cluster="bench")
+    await sink.start()  # the same template and alias as the pipeline's
+    await sink.stop()
+    now = datetime.now(UTC)
+    actions = [build_action(e, index, "bench", now) for e in events]
+    client = AsyncElasticsearch(url, request_timeout=60)
+    started = time.monotonic()
+    async for ok, item in async_streaming_bulk(
+        client, actions, chunk_size=1000, raise_on_error=False, max_retries=3
+    ):
+        if not ok and item.get("index", {}).get("status") != 409:
+            raise SystemExit(f"bare bulk failed: {item}")
+    elapsed = time.monotonic() - started
+    await client.close()
+    return len(events) / elapsed
+
+
+def bare_mysql(url: str, events: list[dict[str, Any]]) -> float:
+    """events/s of executemany with the sink's own upsert, in chunks of 500."""
+    engine = sa.create_engine(url)
+    table = events_table("k8s_events")
+    statement = upsert(table)
+    rows = [to_row(e) for e in events]
+    started = time.monotonic()
+    for start_at in range(0, len(rows), 1000):
+        with engine.begin() as conn:
+            for chunk in chunks(rows[start_at : start_at + 1000], 500):
+                conn.execute(statement, list(chunk))
+    elapsed = time.monotonic() - started
+    engine.dispose()
+    return len(rows) / elapsed
+
+
+def run_pipeline(
+    config: Path, pipeline: str, names: dict[str, str], n: int
+) -> tuple[float, float, float]:
+    """(events/s after the first instant, wall seconds, peak RSS MiB) of one sink worker."""
+    port = free_port()
+    env = {**names, "KUBEVENTS_WORKER_WEB_PORT": str(port)}
+    args = ["--config", str(config), "worker", "--pipeline", pipeline, "--loglevel", "warning"]
+    started = time.monotonic()
+    proc = start(args, env, f"bench-sink-{pipeline}.log")
+    progress = wait_metric_progress(port, "kubevents_sink_written_total", n, 120 + n / 100, proc)
+    proc.terminate()
+    proc.wait(60)
+    if not progress.complete:
+        raise SystemExit(f"bench.sinks: {pipeline} wrote {int(progress.done_value)} of {n}")
+    return progress.rate, progress.done - started, progress.peak_rss_mib
+
+
+def figure(value: float) -> int | None:
+    return None if math.isnan(value) or math.isinf(value) else round(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--only", choices=["elasticsearch", "mysql"])
+    args = parser.parse_args()
+    brokers = os.environ["KUBEVENTS_KAFKA_BROKERS"]
+    es_url = os.environ["KUBEVENTS_ELASTICSEARCH_URL"]
+    mysql_base = sa.engine.make_url(os.environ["KUBEVENTS_MYSQL_URL"])
+    tag = uuid.uuid4().hex[:6]
+    topic = f"bench-{tag}-events"
+    events = make_events(args.events)
+    t = time.monotonic()
+    asyncio.run(preload(brokers, topic, events))
+    print(f"preloaded {len(events)} enriched events in {time.monotonic() - t:.1f}s", flush=True)
+    names = {
+        "KUBEVENTS_TOPICS_RAW": f"bench-{tag}-raw",
+        "KUBEVENTS_TOPICS_ENRICHED": topic,
+        "KUBEVENTS_TOPICS_DLQ": f"bench-{tag}-dlq",
+    }
+    admin = sa.create_engine(mysql_base.set(database=""))
+    databases = [f"bench_{tag}_bare", f"bench_{tag}_sink"]
+    with admin.begin() as conn:
+        for db in databases:
+            conn.execute(sa.text(f"CREATE DATABASE {db} CHARACTER SET utf8mb4"))
+    url_of = {
+        db: mysql_base.set(database=db).render_as_string(hide_password=False) for db in databases
+    }
+    config = Path(tempfile.mkdtemp()) / "pipelines.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "pipelines": [
+                    {
+                        "id": f"bench-es-{tag}",
+                        "sink": "elasticsearch",
+                        "elasticsearch": {"url": es_url, "index": f"bench-{tag}-sink"},
+                    },
+                    {
+                        "id": f"bench-mysql-{tag}",
+                        "sink": "mysql",
+                        "mysql": {"url": url_of[databases[1]]},
+                    },
+                ]
+            }
+        )
+    )
+    unique = len({e["uid"] for e in events})
+    results: dict[str, Any] = {"events": len(events), "unique_events": unique}
+    es = None
+    try:
+        if args.only in (None, "elasticsearch"):
+            bare = asyncio.run(bare_elasticsearch(es_url, f"bench-{tag}-bare", events))
+            rate, wall, rss = run_pipeline(config, f"bench-es-{tag}", names, len(events))
+            results["elasticsearch"] = {
+                "bare_bulk_events_per_s": figure(bare),
+                "pipeline_events_per_s_after_first": figure(rate),
+                "pipeline_events_per_s_wall": figure(len(events) / wall),
+                "ratio": round(rate / bare, 3),
+                "pipeline_peak_rss_mib": round(rss, 1),
+            }
+            from elasticsearch import Elasticsearch
+
+            es = Elasticsearch(es_url, request_timeout=60)
+            es.indices.refresh(index=f"bench-{tag}-sink")
+            docs = es.count(index=f"bench-{tag}-sink")["count"]
+            results["elasticsearch"]["documents"] = docs
+            if docs != unique:
+                raise SystemExit(f"bench.sinks: {docs} documents, expected {unique}")
+        if args.only in (None, "mysql"):
+            asyncio.run(_migrate(url_of[databases[0]]))
+            bare = bare_mysql(url_of[databases[0]], events)
+            rate, wall, rss = run_pipeline(config, f"bench-mysql-{tag}", names, len(events))
+            with sa.create_engine(url_of[databases[1]]).connect() as conn:
+                rows = conn.execute(sa.text("SELECT COUNT(*) FROM k8s_events")).scalar_one()
+            results["mysql"] = {
+                "bare_executemany_events_per_s": figure(bare),
+                "pipeline_events_per_s_after_first": figure(rate),
+                "pipeline_events_per_s_wall": figure(len(events) / wall),
+                "ratio": round(rate / bare, 3),
+                "pipeline_peak_rss_mib": round(rss, 1),
+                "rows": rows,
+            }
+            if rows != unique:
+                raise SystemExit(f"bench.sinks: {rows} rows, expected {unique}")
+    finally:
+        print(json.dumps(results, indent=2), flush=True)
+        with admin.begin() as conn:
+            for db in databases:
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {db}"))
+        if es is not None:
+            for prefix in (f"bench-{tag}-sink", f"bench-{tag}-bare"):
+                for name in es.indices.get(index=f"{prefix}-*", ignore_unavailable=True).body:
+                    es.options(ignore_status=404).indices.delete(index=name)
+                es.options(ignore_status=404).indices.delete_index_template(
+                    name=template_name(prefix)
+                )
+
+
+async def _migrate(url: str) -> None:
+    """The bare database gets the sink's own schema (its start migrates it)."""
+    from app.settings import MySQLSinkSettings
+    from app.sinks.mysql import MySQLSink
+
+    sink = MySQLSink(MySQLSinkSettings.model_validate({"url": url}))
+    await sink.start()
+    await sink.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
