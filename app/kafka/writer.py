@@ -21,6 +21,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter
@@ -79,29 +80,72 @@ class BatchWriter:
         return {tp: offset for (tp, _), offset in zip(items, last, strict=True)}
 
     async def write_partition(
-        self, topic: str, partition: int, items: Sequence[tuple[bytes, bytes]]
+        self, topic: str, partition: int, items: Sequence[tuple[bytes, bytes]], attempt: int = 0
     ) -> int:
         """Writes ``items`` to one partition, in order, until acknowledged; the last offset."""
-        attempt = 0
         while True:
             producer = self._kafka.current
             try:
-                sent = [
-                    (await producer.send_batch(batch, topic, partition=partition), len(chunk))
-                    for batch, chunk in ready_batches(producer, items)
-                ]
-                metadata = await asyncio.gather(*(future for future, _ in sent))
-                WRITTEN.labels(topic).inc(len(items))
-                if not sent:
-                    return -1
-                # A batch's future gives the offset of its first record.
-                return int(metadata[-1].offset) + sent[-1][1] - 1
+                return await self._settle(
+                    topic, items, await self._enqueue(producer, topic, partition, items)
+                )
             except KafkaError as exc:
                 attempt += 1
-                RETRIES.labels(topic).inc()
-                self._warn(topic, partition, len(items), exc)
-                await self._kafka.renew_if_broken(producer, exc)
-                await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
+                await self._failed(producer, topic, partition, len(items), exc, attempt=attempt)
+
+    async def send_partition(
+        self, topic: str, partition: int, items: Sequence[tuple[bytes, bytes]]
+    ) -> asyncio.Future[int]:
+        """Hands ``items`` to Kafka's client now (so they leave with the next request) and
+        returns a future of the last offset, which retries in place until acknowledged: for a
+        caller that goes on reading meanwhile (the producer's bounded publisher)."""
+        producer = self._kafka.current
+        try:
+            sent = await self._enqueue(producer, topic, partition, items)
+        except KafkaError as exc:
+            failure: KafkaError | None = exc
+        else:
+            failure = None
+
+        async def settled() -> int:
+            if failure is None:
+                try:
+                    return await self._settle(topic, items, sent)
+                except KafkaError as exc:
+                    await self._failed(producer, topic, partition, len(items), exc, attempt=1)
+            else:
+                await self._failed(producer, topic, partition, len(items), failure, attempt=1)
+            return await self.write_partition(topic, partition, items, attempt=1)
+
+        return asyncio.ensure_future(settled())
+
+    @staticmethod
+    async def _enqueue(
+        producer: Any, topic: str, partition: int, items: Sequence[tuple[bytes, bytes]]
+    ) -> list[tuple[Any, int]]:
+        return [
+            (await producer.send_batch(batch, topic, partition=partition), len(chunk))
+            for batch, chunk in ready_batches(producer, items)
+        ]
+
+    @staticmethod
+    async def _settle(
+        topic: str, items: Sequence[tuple[bytes, bytes]], sent: list[tuple[Any, int]]
+    ) -> int:
+        metadata = await asyncio.gather(*(future for future, _ in sent))
+        WRITTEN.labels(topic).inc(len(items))
+        if not sent:
+            return -1
+        # A batch's future gives the offset of its first record.
+        return int(metadata[-1].offset) + sent[-1][1] - 1
+
+    async def _failed(
+        self, producer: Any, topic: str, partition: int, n: int, exc: KafkaError, *, attempt: int
+    ) -> None:
+        RETRIES.labels(topic).inc()
+        self._warn(topic, partition, n, exc)
+        await self._kafka.renew_if_broken(producer, exc)
+        await asyncio.sleep(min(5.0, 0.2 * 2**attempt))
 
     def _warn(self, topic: str, partition: int, n: int, exc: BaseException) -> None:
         now = time.monotonic()  # one line per 5 s at most, however long Kafka is away

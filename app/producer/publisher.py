@@ -44,7 +44,7 @@ class Publisher:
         self._room = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._writes: set[asyncio.Task[int]] = set()
+        self._writes: set[asyncio.Future[int]] = set()
         self._last_warning = 0.0
 
     async def publish(
@@ -67,16 +67,13 @@ class Publisher:
                 if allowed is not None and not await allowed(len(chunk)):
                     self._release(len(chunk))
                     continue
-                # Tasks start in creation order, so one partition's chunks reach the producer's
-                # accumulator in the order read.
-                write = asyncio.ensure_future(
-                    self._writer.write_partition(self._topic, partition, chunk)
-                )
+                # In Kafka's client before the next chunk (in the order read); acknowledged later.
+                write = await self._writer.send_partition(self._topic, partition, chunk)
                 self._writes.add(write)
                 write.add_done_callback(self._written(len(chunk)))
 
-    def _written(self, n: int) -> Callable[[asyncio.Task[int]], None]:
-        def done(task: asyncio.Task[int]) -> None:
+    def _written(self, n: int) -> Callable[[asyncio.Future[int]], None]:
+        def done(task: asyncio.Future[int]) -> None:
             self._writes.discard(task)
             if not task.cancelled() and task.exception() is None:
                 PUBLISHED.inc(n)
