@@ -15,7 +15,7 @@ for Elasticsearch and for MySQL:
 Prints events/s of each, the ratio pipeline/bare, and the pipeline's peak RSS. The goal (issue
 #12): each pipeline at least 0.8 of its bare loop, under 200 MiB. A document or row missing at
 the end fails the run (exit status 1).
-Usage: python -m bench.sinks [--events 100000] [--only elasticsearch|mysql]
+Usage: python -m bench.sinks [--events 100000] [--only elasticsearch|mysql] [--batch-delay-ms 200]
 """
 
 from __future__ import annotations
@@ -173,6 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--only", choices=["elasticsearch", "mysql"])
+    parser.add_argument("--batch-delay-ms", type=int, default=200, help="the pipelines' linger")
     args = parser.parse_args()
     brokers = os.environ["KUBEVENTS_KAFKA_BROKERS"]
     es_url = os.environ["KUBEVENTS_ELASTICSEARCH_URL"]
@@ -204,11 +205,13 @@ def main() -> None:
                     {
                         "id": f"bench-es-{tag}",
                         "sink": "elasticsearch",
+                        "batch_delay_ms": args.batch_delay_ms,
                         "elasticsearch": {"url": es_url, "index": f"bench-{tag}-sink"},
                     },
                     {
                         "id": f"bench-mysql-{tag}",
                         "sink": "mysql",
+                        "batch_delay_ms": args.batch_delay_ms,
                         "mysql": {"url": url_of[databases[1]]},
                     },
                 ]

@@ -251,3 +251,37 @@ def test_core_worker_consumes_and_publishes_over_sasl_ssl(
     wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120)
     enriched = json_values(consume(brokers, names["KUBEVENTS_TOPICS_ENRICHED"], until=3))
     assert {e["uid"] for e in enriched} == DUMP_UIDS, procs[-1].output()[-3000:]
+
+
+def test_a_kafka_sink_writes_to_a_secured_listener_with_its_own_settings_from_kube_eventer_flags(
+    secured: Secured, brokers: str, names: dict[str, str], procs: list[Proc]
+) -> None:
+    """The source is the plaintext listener; the Kafka sink's destination is the SASL_SSL one,
+    with SASL PLAIN and the stack's CA, all given as kube-eventer's own kafka: options."""
+    import urllib.parse
+
+    from tests.fixtures.records import key_of, record
+    from tests.integration.conftest import produce
+
+    copy = f"t{names['tag']}-secured-copy"
+    options = {
+        "brokers": secured.sasl_ssl,
+        "eventstopic": copy,
+        "user": secured.username,
+        "password": secured.password,
+        "cacert": secured.ca,
+    }
+    flag = "kafka:?" + urllib.parse.urlencode(options)
+    events = [record(f"s{i}", rv=100 + i) for i in range(5)]
+    produce(
+        brokers,
+        names["KUBEVENTS_TOPICS_ENRICHED"],
+        [(key_of(e), json.dumps(e).encode()) for e in events],
+    )
+    port = free_port()
+    env = {**topic_env(names), "KUBEVENTS_WORKER_WEB_PORT": str(port)}
+    procs.append(Proc(["worker", "--pipeline", "kafka", "--sink", flag], env, "sink-secured"))
+    wait_http(f"http://127.0.0.1:{port}/readyz", timeout=120)
+    copied = json_values(consume(brokers, copy, until=len(events), idle_s=2))
+    assert sorted(d["uid"] for d in copied) == [e["uid"] for e in events]
+    assert secured.password not in procs[-1].output()  # never logged
