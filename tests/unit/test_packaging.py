@@ -137,6 +137,7 @@ def container_env(c: dict[str, Any]) -> dict[str, str]:
     """The container's environment as the kubelet would build it: ConfigMap keys from
     configmap.yaml, the downward API with example values, $(VAR) of earlier variables only."""
     config = {doc["metadata"]["name"]: doc.get("data", {}) for doc in of_kind("ConfigMap")}
+    secrets = {doc["metadata"]["name"]: doc.get("stringData", {}) for doc in of_kind("Secret")}
     downward = {"metadata.name": "kubevents-core-0", "metadata.namespace": NAMESPACE}
     env: dict[str, str] = {}
     for item in c.get("env", []):
@@ -151,6 +152,11 @@ def container_env(c: dict[str, Any]) -> dict[str, str]:
                 assert ref["name"] in config, f"ConfigMap {ref['name']} is not in {DEPLOY}"
                 assert ref["key"] in config[ref["name"]], f"no key {ref['key']} in {ref['name']}"
                 value = str(config[ref["name"]][ref["key"]])
+            elif "secretKeyRef" in src:
+                ref = src["secretKeyRef"]
+                assert ref["name"] in secrets, f"Secret {ref['name']} is not in {DEPLOY}"
+                assert ref["key"] in secrets[ref["name"]], f"no key {ref['key']} in {ref['name']}"
+                value = str(secrets[ref["name"]][ref["key"]])
             else:
                 value = downward[src["fieldRef"]["fieldPath"]]
         assert "$(" not in value, f"{item['name']}={value}: refers to an unset variable"
@@ -311,7 +317,12 @@ def test_container_args_are_accepted_by_the_cli(cid: str) -> None:
 
 def test_workload_containers_are_found() -> None:
     commands = {tuple(c["args"]) for _, _, c in containers()}
-    assert commands == {("produce",), ("worker", "--pipeline", "core")}
+    assert commands == {
+        ("produce",),
+        ("worker", "--pipeline", "core"),
+        ("worker", "--pipeline", "elasticsearch"),
+        ("worker", "--pipeline", "mysql"),
+    }
 
 
 @pytest.mark.parametrize("cid", [cid for cid, _, _ in containers()])
@@ -328,6 +339,11 @@ def test_container_environment_is_real_settings(cid: str, monkeypatch: pytest.Mo
         assert settings.producer.http_bind == "0.0.0.0"
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         assert ports["http"] == settings.producer.http_port
+    elif c["args"][2] != "core":  # a sink pipeline: it exists from the URL it is given
+        assert settings.worker.web_bind == "0.0.0.0"
+        assert [p.id for p in settings.sink_pipelines()] == [c["args"][2]]
+        assert pod_spec(doc)["automountServiceAccountToken"] is False  # no API access
+        assert {m["mountPath"] for m in c["volumeMounts"]} == {"/data", "/tmp"}
     else:
         assert settings.worker.web_bind == "0.0.0.0"
         assert settings.worker.store == "rocksdb://"
