@@ -43,7 +43,7 @@ from elasticsearch.helpers import async_streaming_bulk
 from app.settings import ElasticsearchSinkSettings, TopicSettings
 from app.sinks.elasticsearch import ElasticsearchSink, build_action, template_name
 from app.sinks.mysql_rows import chunks, events_table, to_row, upsert
-from bench.common import create_topic, free_port, start, wait_metric_progress
+from bench.common import cpu_seconds, create_topic, free_port, start, wait_metric_progress
 
 
 def make_events(n: int) -> list[dict[str, Any]]:
@@ -145,19 +145,21 @@ def bare_mysql(url: str, events: list[dict[str, Any]]) -> float:
 
 def run_pipeline(
     config: Path, pipeline: str, names: dict[str, str], n: int
-) -> tuple[float, float, float]:
-    """(events/s after the first instant, wall seconds, peak RSS MiB) of one sink worker."""
+) -> tuple[float, float, float, float]:
+    """(events/s after the first instant, wall seconds, peak RSS MiB, CPU seconds including
+    start-up) of one sink worker."""
     port = free_port()
     env = {**names, "KUBEVENTS_WORKER_WEB_PORT": str(port)}
     args = ["--config", str(config), "worker", "--pipeline", pipeline, "--loglevel", "warning"]
     started = time.monotonic()
     proc = start(args, env, f"bench-sink-{pipeline}.log")
     progress = wait_metric_progress(port, "kubevents_sink_written_total", n, 120 + n / 100, proc)
+    cpu = cpu_seconds(proc.pid) if proc.poll() is None else float("nan")
     proc.terminate()
     proc.wait(60)
     if not progress.complete:
         raise SystemExit(f"bench.sinks: {pipeline} wrote {int(progress.done_value)} of {n}")
-    return progress.rate, progress.done - started, progress.peak_rss_mib
+    return progress.rate, progress.done - started, progress.peak_rss_mib, cpu
 
 
 def ratio(a: float, b: float) -> float | None:
@@ -224,13 +226,14 @@ def main() -> None:
     try:
         if args.only in (None, "elasticsearch"):
             bare = asyncio.run(bare_elasticsearch(es_url, f"bench-{tag}-bare", events))
-            rate, wall, rss = run_pipeline(config, f"bench-es-{tag}", names, len(events))
+            rate, wall, rss, cpu = run_pipeline(config, f"bench-es-{tag}", names, len(events))
             results["elasticsearch"] = {
                 "bare_bulk_events_per_s": figure(bare),
                 "pipeline_events_per_s_after_first": figure(rate),
                 "pipeline_events_per_s_wall": figure(len(events) / wall),
                 "ratio": ratio(rate, bare),
                 "pipeline_peak_rss_mib": round(rss, 1),
+                "pipeline_cpu_s": round(cpu, 1),
             }
             from elasticsearch import Elasticsearch
 
@@ -243,7 +246,7 @@ def main() -> None:
         if args.only in (None, "mysql"):
             asyncio.run(_migrate(url_of[databases[0]]))
             bare = bare_mysql(url_of[databases[0]], events)
-            rate, wall, rss = run_pipeline(config, f"bench-mysql-{tag}", names, len(events))
+            rate, wall, rss, cpu = run_pipeline(config, f"bench-mysql-{tag}", names, len(events))
             with sa.create_engine(url_of[databases[1]]).connect() as conn:
                 rows = conn.execute(sa.text("SELECT COUNT(*) FROM k8s_events")).scalar_one()
             results["mysql"] = {
@@ -252,6 +255,7 @@ def main() -> None:
                 "pipeline_events_per_s_wall": figure(len(events) / wall),
                 "ratio": ratio(rate, bare),
                 "pipeline_peak_rss_mib": round(rss, 1),
+                "pipeline_cpu_s": round(cpu, 1),
                 "rows": rows,
             }
             if rows != unique:
