@@ -421,6 +421,20 @@ class ElasticsearchSink:
             auth["basic_auth"] = (o.username, o.password.get_secret_value())
         if o.ca_file:
             auth["ca_certs"] = str(o.ca_file)
+        # Sniffing replaces the configured URLs by the nodes' publish addresses, which are
+        # unreachable behind a load balancer, a Kubernetes Service or Elastic Cloud: opt-in.
+        # (The client turns on sniffing before requests whenever min_delay_between_sniffing is
+        # given at all, so it is given only with sniff on.)
+        sniffing: dict[str, Any] = (
+            {
+                "sniff_on_start": True,
+                "sniff_on_node_failure": True,
+                "sniff_before_requests": True,  # kube-eventer's periodic sniffing
+                "min_delay_between_sniffing": 60.0,  # the default 10 s re-sniffs often
+            }
+            if o.sniff
+            else {}
+        )
         return AsyncElasticsearch(
             o.urls,
             **auth,
@@ -431,11 +445,7 @@ class ElasticsearchSink:
             # not a timeout: a timed-out bulk may still be running on the cluster, and sending it
             # again at once only adds load; the pipeline retries it later, with backoff.
             retry_on_timeout=False,
-            # Sniffing replaces the configured URLs by the nodes' publish addresses, which are
-            # unreachable behind a load balancer, a Kubernetes Service or Elastic Cloud: opt-in.
-            sniff_on_start=o.sniff,
-            sniff_on_node_failure=o.sniff,
-            min_delay_between_sniffing=60.0,  # the default 10 s re-sniffs a flapping node often
+            **sniffing,
         )
 
     async def start(self) -> None:

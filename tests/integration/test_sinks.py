@@ -348,3 +348,79 @@ def test_a_sink_worker_killed_between_write_and_commit_leaves_no_gap_and_no_dupl
                 assert doc == final[uid]
     finally:
         dest.close()
+
+
+def readyz(port: int) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+            return resp.status, str(json.load(resp)["reason"])
+    except urllib.error.HTTPError as exc:
+        return exc.code, str(json.load(exc)["reason"])
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def test_a_sink_worker_killed_while_its_destination_is_away_loses_nothing(
+    brokers: str, names: dict[str, str], tmp_path: Path, procs: list[Proc]
+) -> None:
+    """Elasticsearch goes away for this worker only (a TCP proxy in front of the stack's server is
+    cut): the pipeline blocks, retrying in place, with records read and not written. Asserted: it
+    says so on /readyz and nothing it holds is committed, even after several commit intervals.
+    SIGKILLed there, then restarted once Elasticsearch is back: every event is written, once,
+    in its final version (the mutation gate's sink-ack-before-write mutant dies here)."""
+    from urllib.parse import urlsplit
+
+    from tests.integration.tcp_proxy import TcpProxy
+
+    dest = ElasticsearchDestination(names["tag"])
+    target = urlsplit(dest.url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 9200)
+    cfg = tmp_path / "kubevents.yaml"
+    pipeline = {
+        "id": "sink",
+        "sink": "elasticsearch",
+        "batch_delay_ms": 0,
+        "retry_initial_ms": 100,
+        "retry_max_ms": 500,
+        "elasticsearch": {
+            "url": f"http://{proxy.url_host}",
+            "index": dest.index,
+            "request_timeout_s": 2,
+        },
+    }
+    cfg.write_text(yaml.safe_dump({"pipelines": [pipeline]}))
+    topic, group = names["KUBEVENTS_TOPICS_ENRICHED"], "kubevents-sink-sink"
+    events = versions_stream(40, 2)
+    first, rest = events[:40], events[40:]
+    try:
+        port = free_port()
+        env = {**env_of(names), "KUBEVENTS_WORKER_WEB_PORT": str(port)}
+        args = ["--config", str(cfg), "worker", "--pipeline", "sink"]
+        worker = Proc(args, env, "es-away")
+        procs.append(worker)
+        produce(brokers, topic, [(key_of(e), json.dumps(e).encode()) for e in first])
+        wait_committed(brokers, group, topic, len(first))
+        proxy.down()
+        produce(brokers, topic, [(key_of(e), json.dumps(e).encode()) for e in rest])
+        deadline = time.monotonic() + 60
+        while not ((answer := readyz(port))[0] == 503 and "blocked" in answer[1]):
+            assert time.monotonic() < deadline, f"never blocked: {answer}"
+            time.sleep(0.2)
+        time.sleep(3)  # several commit intervals (1 s): an acked batch would be committed by now
+        assert sum(committed(brokers, group, topic).values()) == len(first), (
+            "records the destination never took were committed"
+        )
+        worker.kill()
+        assert sum(committed(brokers, group, topic).values()) == len(first)
+        proxy.up()
+        procs.append(Proc(args, env, "es-back"))
+        wait_committed(brokers, group, topic, len(events))
+        held = dest.held()
+        assert sorted(held) == sorted(e["uid"] for e in rest)
+        assert all(doc["count"] == 2 for _, doc in held.values())
+    finally:
+        proxy.close()
+        dest.close()

@@ -376,7 +376,7 @@ MUTANTS += [
 PIPELINE = "app/sinks/pipeline.py"
 PIPELINE_UNIT = "tests/unit/sinks/test_pipeline.py"
 SINK_TESTS = "tests/integration/test_sinks.py"
-ISOLATION = "tests/integration/test_isolation.py"
+
 
 MUTANTS += [
     Mutant(
@@ -387,8 +387,7 @@ MUTANTS += [
         old=HANDLE + ACK,
         new=ACK + HANDLE,
         tests=(
-            f"{ISOLATION}::test_one_destination_down_for_a_minute_does_not_delay_the_other_and_"
-            "catches_up_exactly[es-elasticsearch]",
+            f"{SINK_TESTS}::test_a_sink_worker_killed_while_its_destination_is_away_loses_nothing",
         ),
     ),
     Mutant(

@@ -319,3 +319,16 @@ def test_cluster_name_overrides_the_events_cluster() -> None:
     assert plain._cluster(event()) == "cluster-a"
     assert plain._cluster(event(cluster="")) == "default"
     assert named._cluster(event()) == "prod-eu"
+
+
+@pytest.mark.parametrize("sniff", [False, True])
+def test_sniffing_is_off_unless_asked_for(sniff: bool) -> None:
+    """Sniffed publish addresses bypass a load balancer or Service in front of the cluster (and
+    the client turns periodic sniffing on by itself whenever a sniffing delay is passed)."""
+    options = ElasticsearchSinkSettings(
+        url="http://es.example:9200", index="k8s-events", sniff=sniff
+    )
+    transport = ElasticsearchSink(options, "c")._connect().transport
+    assert transport._sniff_on_start is sniff
+    assert transport._sniff_before_requests is sniff
+    assert transport._sniff_on_node_failure is sniff
