@@ -56,7 +56,11 @@ test:
 	@$(MAKE) --no-print-directory stack
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory typecheck
-	@$(TIMED) "pytest (unit + integration)" bash -c 'source .stack/env && $(PY) -m pytest tests -q -p no:cacheprovider -rfE --durations=15'
+	@# Two phases: every test that leaves the shared servers alone runs on two pytest-xdist workers
+	@# (each test has its own topics, groups, indices, databases and namespaces); those marked
+	@# alone (they stop a server, or time a hand-over) run after, one at a time.
+	@$(TIMED) "pytest, parallel phase (2 workers)" bash -c 'source .stack/env && $(PY) -m pytest tests -q -p no:cacheprovider -rfE --durations=15 -m "not alone" -n 2'
+	@$(TIMED) "pytest, serial phase (fault suite, outages)" bash -c 'source .stack/env && $(PY) -m pytest tests -q -p no:cacheprovider -rfE --durations=10 -m alone'
 	@$(MAKE) --no-print-directory mutants
 
 # The mutation gate: deliberately broken copies of the code, each of which its paired tests must

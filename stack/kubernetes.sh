@@ -313,7 +313,9 @@ case "${1:-}" in
   start) cmd_start ;;
   wait) cmd_wait ;;
   stop) cmd_stop ;;
+  # The fault suite's "API server restarted": the apiserver alone, etcd and the rest stay up.
+  restart-apiserver) stop_bg kube-apiserver && start_apiserver ;;
   status) cmd_status ;;
   env) echo "export KUBECONFIG=$KUBECONFIG_FILE" ;;
-  *) echo "usage: $0 install|start|wait|stop|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|wait|stop|restart-apiserver|status|env" >&2; exit 2 ;;
 esac

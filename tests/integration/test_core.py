@@ -414,6 +414,7 @@ def test_worker_dying_between_count_rows_and_dedupe_rows_counts_exactly(
     wait_counts(port, occurrences, timeout=0)
 
 
+@pytest.mark.alone
 def test_kafka_stopped_and_restarted_under_a_worker_loses_nothing_and_counts_once(
     brokers: str, names: dict[str, str], procs: list[Proc]
 ) -> None:

@@ -254,6 +254,7 @@ def etcd_compact() -> int:
     return rev
 
 
+@pytest.mark.alone
 def test_watch_forced_into_410_gone_relists_without_loss(
     api: k8s.ApiClient, brokers: str, names: dict[str, str], procs: list[Proc]
 ) -> None:
@@ -286,6 +287,7 @@ def test_watch_forced_into_410_gone_relists_without_loss(
         delete_namespace(api, ns)
 
 
+@pytest.mark.alone
 def test_list_continue_token_expired_mid_list_lists_again_without_loss(
     api: k8s.ApiClient, brokers: str, names: dict[str, str], procs: list[Proc]
 ) -> None:
@@ -365,6 +367,7 @@ def wait_renewal(api: k8s.ApiClient, lease: str) -> None:
     wait_until("a Lease renewal", lambda: renew_time() != before, timeout=10, step=0.03)
 
 
+@pytest.mark.alone
 def test_two_replicas_publish_once_and_fail_over_within_the_lease(
     api: k8s.ApiClient, brokers: str, names: dict[str, str], procs: list[Proc]
 ) -> None:
@@ -434,6 +437,7 @@ def test_two_replicas_publish_once_and_fail_over_within_the_lease(
         delete_namespace(api, ns)
 
 
+@pytest.mark.alone
 def test_frozen_leader_publishes_nothing_once_it_lost_the_lease(
     api: k8s.ApiClient, brokers: str, names: dict[str, str], procs: list[Proc]
 ) -> None:
@@ -606,6 +610,7 @@ def test_events_k8s_io_api_selectors_and_deleted(
         delete_namespace(api, ns)
 
 
+@pytest.mark.alone
 def test_kafka_down_pauses_reading_and_loses_nothing(
     api: k8s.ApiClient, brokers: str, names: dict[str, str], procs: list[Proc]
 ) -> None:
