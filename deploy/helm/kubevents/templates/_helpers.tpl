@@ -162,7 +162,6 @@ app.kubernetes.io/component: {{ .component }}
 runAsNonRoot: true
 runAsUser: 10001
 runAsGroup: 10001
-fsGroup: 10001
 seccompProfile:
   type: RuntimeDefault
 {{- end }}
