@@ -326,6 +326,58 @@ def test_template_passes_a_server_side_dry_run(
     assert deployments == expected | {f"{release}-kubevents-producer"}
 
 
+def test_install_upgrade_and_uninstall_follow_the_pipelines(
+    api: k8s.ApiClient, kubeconfig: str, namespace: str, tmp_path: Path
+) -> None:
+    """A real release on the stack's API server: installed, upgraded with one pipeline dropped
+    and one added (its Deployment goes, the new one comes), uninstalled (nothing left, the
+    cluster-wide RBAC included). Pods are not waited for: kwok's nodes run no containers."""
+    release = f"kv-{uuid.uuid4().hex[:6]}"
+    small = {"producer": {"replicas": 1}, "core": {"replicas": 1}, "sinkDefaults": {"replicas": 1}}
+    before = {
+        **small,
+        "pipelines": [{"id": "a", "sink": "elasticsearch"}, {"id": "b", "sink": "mysql"}],
+    }
+    after = {**small, "pipelines": [{"id": "b", "sink": "mysql"}, {"id": "c", "sink": "kafka"}]}
+    base = ["--kubeconfig", kubeconfig, "--namespace", namespace]
+    apps, rbac = k8s.AppsV1Api(api), k8s.RbacAuthorizationV1Api(api)
+
+    def deployments() -> set[str]:
+        listed = apps.list_namespaced_deployment(
+            namespace, label_selector=f"app.kubernetes.io/instance={release}"
+        )
+        return {str(getattr(d.metadata, "name", "")) for d in listed.items}
+
+    prefix = f"{release}-kubevents"
+    try:
+        result = helm(
+            "install", release, str(CHART), *base, "-f", str(values_file(tmp_path, before))
+        )
+        assert result.returncode == 0, result.stderr
+        assert "consumer group kubevents-sink-a" in result.stdout  # NOTES.txt
+        assert deployments() == {f"{prefix}-producer", f"{prefix}-sink-a", f"{prefix}-sink-b"}
+        assert apps.read_namespaced_stateful_set(f"{prefix}-core", namespace).spec.replicas == 1
+        assert rbac.read_cluster_role(prefix).rules
+
+        result = helm(
+            "upgrade", release, str(CHART), *base, "-f", str(values_file(tmp_path, after))
+        )
+        assert result.returncode == 0, result.stderr
+        assert deployments() == {f"{prefix}-producer", f"{prefix}-sink-b", f"{prefix}-sink-c"}
+        configmap = k8s.CoreV1Api(api).read_namespaced_config_map(f"{prefix}-pipelines", namespace)
+        ids = [
+            p["id"] for p in yaml.safe_load((configmap.data or {})["pipelines.yaml"])["pipelines"]
+        ]
+        assert ids == ["b", "c"]
+    finally:
+        result = helm("uninstall", release, *base, "--wait", "--timeout", "60s")
+    assert result.returncode == 0, result.stderr
+    assert deployments() == set()
+    with pytest.raises(k8s.ApiException) as gone:
+        rbac.read_cluster_role(prefix)
+    assert gone.value.status == 404
+
+
 # --------------------------------------------------------------------------------------------
 # the rendered objects
 
