@@ -4,7 +4,9 @@
 source "$(dirname "$0")/lib.sh"
 
 SERVICES=("$@")
-[[ ${#SERVICES[@]} -gt 0 ]] || SERVICES=(kafka elasticsearch elasticsearch9 mariadb kubernetes)
+# helm is a tool, not a server (its start and wait do nothing): built here so that the chart's
+# tests find it.
+[[ ${#SERVICES[@]} -gt 0 ]] || SERVICES=(kafka elasticsearch elasticsearch9 mariadb kubernetes helm)
 
 timed() {  # timed LABEL CMD...: run and report how long it took
   local label="$1" start=$SECONDS; shift
@@ -34,8 +36,5 @@ done
 for svc in "${SERVICES[@]}"; do timed "start $svc" "$ROOT/stack/$svc.sh" start; done
 for svc in "${SERVICES[@]}"; do timed "wait $svc" "$ROOT/stack/$svc.sh" wait; done
 
-{
-  echo "# Written by make stack; source it: . .stack/env"
-  for svc in kafka elasticsearch elasticsearch9 mariadb kubernetes; do "$ROOT/stack/$svc.sh" env; done
-} >"$STATE/env"
+"$ROOT/stack/env.sh"
 log "stack is up; environment in $STATE/env, logs in $LOGS"
