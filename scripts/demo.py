@@ -490,6 +490,8 @@ def activity(w: Workload, round_: int, say_: Callable[[str], None]) -> None:
         w.deployment("web", 3)
         w.deployment("api", 2)
         say_(f"{ts} created Deployments web (3 replicas) and api (2) on the kwok nodes")
+        w.deployment("trainer", 2, cpu="100")
+        say_(f"{ts} created Deployment trainer (2 replicas of 100 CPUs: more than any node has)")
     up = round_ % 2 == 1
     w.unschedulable_pod(f"indexer-{round_}")
     say_(f"{ts} created pod indexer-{round_}: its nodeSelector matches no node (FailedScheduling)")
@@ -587,7 +589,7 @@ class Demo:
             if time.monotonic() - last_line >= 2:
                 say(self.progress(snap))
                 last_line = time.monotonic()
-            time.sleep(0.5)
+            time.sleep(1.0)  # each look is an API list, two searches and a query
 
     # the report
 
@@ -929,7 +931,11 @@ def main(argv: list[str] | None = None) -> int:
                     break
                 say(f"[demo] next round in {args.pause:.0f}s; Ctrl-C stops everything")
                 until = time.monotonic() + args.pause
+                next_line = time.monotonic() + 5
                 while time.monotonic() < until and not stopping[0]:
+                    if time.monotonic() >= next_line:  # the scheduler's retries go on meanwhile
+                        say(demo.progress(demo.snapshot()))
+                        next_line = time.monotonic() + 5
                     time.sleep(0.5)
         except DemoError as exc:
             say(f"[demo] FAILED: {exc} ({log})")

@@ -12,7 +12,8 @@ by creating another. Every Event written here carries the annotation ``kubevents
 The existing Event is found on the API server (field selector on the involved object's uid, the
 reason and the source), not in a cache of this process: any process may repeat an Event another
 one created. The patch names the resourceVersion it read, so two concurrent repeats never count
-one occurrence (a 409 Conflict reads and patches again).
+one occurrence (a 409 Conflict reads and patches again); two first reports at the very same
+moment may still create two Events (a kubelet, one process with one correlator, never races).
 """
 
 from __future__ import annotations
