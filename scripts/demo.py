@@ -399,8 +399,20 @@ class Workload:
         self.core.create_namespace({"metadata": {"name": self.ns, "labels": {"demo": "kubevents"}}})
 
     def delete_namespace(self) -> None:
-        with contextlib.suppress(k8s.ApiException):
-            self.core.delete_namespace(self.ns)
+        """Delete the namespace (its pods, Jobs and Events go with it); try for a while, the API
+        server may be away for a moment."""
+        for _ in range(10):
+            try:
+                self.core.delete_namespace(self.ns)
+                return
+            except k8s.ApiException as exc:
+                if exc.status == 404:
+                    return
+                error: BaseException = exc
+            except UNREACHABLE as exc:
+                error = exc
+            time.sleep(3)
+        say(f"[demo] could not delete namespace {self.ns} ({brief(error)}): delete it yourself")
 
     def deployment(self, name: str, replicas: int, cpu: str = "100m") -> None:
         labels = {"app": name, "app.kubernetes.io/part-of": "shop"}
@@ -564,6 +576,11 @@ class Snapshot:
         return bool(self.api) and all(self.agrees(p) for p in self.held)
 
 
+def is_ready(answer: str) -> bool:
+    """``Child.ready()``'s answer (app/supervise.py) is a 200 from /readyz."""
+    return answer != "no answer" and not answer.startswith("not ready")
+
+
 class Demo:
     def __init__(self, names: Names, api: k8s.ApiClient):
         self.names = names
@@ -594,8 +611,7 @@ class Demo:
 
     def ready(self) -> int:
         """Processes whose /readyz answers 200."""
-        answers = [c.ready() for c in self.names.children]
-        return sum(a != "no answer" and not a.startswith("not ready") for a in answers)
+        return sum(is_ready(c.ready()) for c in self.names.children)
 
     def progress(self, snap: Snapshot) -> str:
         warnings = sum(e.type == "Warning" for e in snap.api.values())
@@ -614,19 +630,30 @@ class Demo:
         return f"  {elapsed:5.1f}s  " + " | ".join(parts)
 
     def wait_agreement(
-        self, timeout: float, run: subprocess.Popen[bytes], stopping: list[bool]
+        self, timeout: float, startup: float, run: subprocess.Popen[bytes], stopping: list[bool]
     ) -> Snapshot | None:
-        """The first snapshot in which every sink agrees, else the last one at ``timeout``;
-        None when Ctrl-C came first."""
-        deadline = time.monotonic() + timeout
+        """The first snapshot in which every sink agrees, else the last one ``timeout`` seconds
+        after every process was ready (which may take up to ``startup`` seconds: six Python
+        processes starting at once on a busy 2-core machine); None when Ctrl-C came first."""
+        began = time.monotonic()
+        deadline: float | None = None
         last_line = 0.0
         while not stopping[0]:
             if run.poll() is not None:
                 raise DemoError(f"kubevents run exited with status {run.returncode}: see its log")
+            if deadline is None:
+                answers = {c.name: c.ready() for c in self.names.children}
+                waiting = {n: a for n, a in answers.items() if not is_ready(a)}
+                if not waiting:
+                    deadline = time.monotonic() + timeout
+                elif time.monotonic() - began > startup:
+                    why = "; ".join(f"{n}: {a}" for n, a in waiting.items())
+                    raise DemoError(f"not every process was ready after {startup:.0f}s ({why})")
+            past = deadline is not None and time.monotonic() >= deadline
             try:
                 snap = self.snapshot()
             except UNREACHABLE as exc:
-                if time.monotonic() >= deadline:
+                if past:
                     raise DemoError(f"still no answer after {timeout:.0f}s: {brief(exc)}") from None
                 if time.monotonic() - last_line >= 2:
                     say(f"  waiting: no answer ({brief(exc)})")
@@ -636,7 +663,7 @@ class Demo:
             if snap.all_agree():
                 say(self.progress(snap))
                 return snap
-            if time.monotonic() >= deadline:
+            if past:
                 say(self.progress(snap))
                 return snap
             if time.monotonic() - last_line >= 2:
@@ -936,7 +963,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--pause", type=float, default=20.0, help="seconds between rounds")
     parser.add_argument(
-        "--timeout", type=float, default=90.0, help="longest wait for the sinks to agree, s"
+        "--timeout",
+        type=float,
+        default=90.0,
+        help="longest wait for the sinks to agree once every process is ready, s",
+    )
+    parser.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=150.0,
+        help="longest wait for every process to be ready, s",
     )
     args = parser.parse_args(argv)
     t0 = time.monotonic()
@@ -975,7 +1011,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"[round {round_}] activity done in {time.monotonic() - began:.1f}s;"
                     " waiting for every sink to hold exactly the API server's events"
                 )
-                snap = demo.wait_agreement(args.timeout, run, stopping)
+                snap = demo.wait_agreement(args.timeout, args.startup_timeout, run, stopping)
                 if snap is None:
                     break
                 ok = demo.report(snap)
@@ -989,7 +1025,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     say(
                         f"[demo] round {round_}: FAILED: the sinks do not agree with the API"
-                        f" server after {args.timeout:.0f}s (see above; log {log})"
+                        f" server {args.timeout:.0f}s after every process was ready (see above;"
+                        f" log {log})"
                     )
                 if args.once or not ok:
                     break
@@ -1014,7 +1051,8 @@ def main(argv: list[str] | None = None) -> int:
                 stop_run(run)
                 say("[demo] kubevents run and every process it started: stopped")
             if demo is not None:
-                demo.close()
+                with contextlib.suppress(*UNREACHABLE):
+                    demo.close()
                 demo.workload.delete_namespace()
             if names.isolated:
                 remove_isolated(names)
