@@ -792,7 +792,7 @@ class Demo:
         sql = (
             f"SELECT reason, type, COUNT(*) AS events, SUM(count) AS occurrences"
             f" FROM {p.mysql.table} WHERE namespace = '{self.names.namespace}'"
-            " GROUP BY reason, type ORDER BY occurrences DESC, reason LIMIT 10"
+            " GROUP BY reason, type ORDER BY occurrences DESC, reason LIMIT 12"
         )
         say()
         say("== SQL (MySQL/MariaDB): events and occurrences per reason ==")
