@@ -350,9 +350,14 @@ class Kafka:
         # aiokafka's clients take the running loop when they are made.
         options = client_kwargs(self.names.settings.kafka)
         admin = AIOKafkaAdminClient(**options)
-        consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
         await admin.start()
-        await consumer.start()
+        consumer = AIOKafkaConsumer(**options, enable_auto_commit=False)
+        try:
+            await consumer.start()
+        except BaseException:
+            await consumer.stop()
+            await admin.close()
+            raise
         return admin, consumer
 
     def _ends(self, topic: str) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
@@ -577,8 +582,11 @@ class Snapshot:
     held: dict[str, tuple[dict[str, Held], int]]  # pipeline id -> (uid -> held, docs/rows)
     expected: dict[str, dict[str, str]]  # pipeline id -> uid -> resourceVersion
     expired: int = 0  # events of ``api`` the API server no longer lists (its one-hour TTL)
+    unanswered: dict[str, str] = field(default_factory=dict)  # pipeline id -> the error
 
     def agrees(self, pipeline_id: str) -> bool:
+        if pipeline_id in self.unanswered:
+            return False
         docs, total = self.held[pipeline_id]
         got = {uid: h.resource_version for uid, h in docs.items()}
         return got == self.expected[pipeline_id] and total == len(docs)
@@ -608,10 +616,16 @@ class Demo:
         # seen earlier in this run is still expected, at the last version it was seen with.
         self.known.update(current)
         api = dict(self.known)
-        held = {p.id: self.sinks.held(p) for p in self.sinks.pipelines}
+        held: dict[str, tuple[dict[str, Held], int]] = {}
+        unanswered: dict[str, str] = {}
+        for p in self.sinks.pipelines:
+            try:
+                held[p.id] = self.sinks.held(p)
+            except UNREACHABLE as exc:  # one destination away: the others still show
+                held[p.id], unanswered[p.id] = ({}, 0), brief(exc)
         ns = self.names.namespace
         expected = {p.id: ApiServer.expected(api, p, ns) for p in self.sinks.pipelines}
-        return Snapshot(api, held, expected, expired=len(api) - len(current))
+        return Snapshot(api, held, expected, len(api) - len(current), unanswered)
 
     def lags(self) -> dict[str, int | None]:
         s = self.names.settings
@@ -629,7 +643,8 @@ class Demo:
         parts = [f"api-server {len(snap.api)} events ({warnings} Warnings)"]
         for p in self.sinks.pipelines:
             docs, _ = snap.held[p.id]
-            parts.append(f"{self.names.shown[p.id]} {len(docs)}/{len(snap.expected[p.id])}")
+            have = "no answer" if p.id in snap.unanswered else str(len(docs))
+            parts.append(f"{self.names.shown[p.id]} {have}/{len(snap.expected[p.id])}")
         try:
             lag = ", ".join(f"{k} {'-' if v is None else v}" for k, v in self.lags().items())
             dlq = str(self.kafka.dead_lettered())
@@ -707,7 +722,12 @@ class Demo:
             docs, total = snap.held[p.id]
             expected = snap.expected[p.id]
             unit = "rows" if p.sink == "mysql" else "documents"
-            verdict = "equal" if snap.agrees(p.id) else self.difference(docs, total, expected)
+            if p.id in snap.unanswered:
+                verdict = f"NO ANSWER: {snap.unanswered[p.id]}"
+            elif snap.agrees(p.id):
+                verdict = "equal"
+            else:
+                verdict = self.difference(docs, total, expected)
             scope = "" if len(expected) == len(api) else f" of the API server's {len(expected)}"
             say(f"  {shown:<13} {self.sinks.where(p):<44} {total:>5} {unit}{scope}: {verdict}")
             totals[shown] = total

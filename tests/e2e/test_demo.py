@@ -123,3 +123,5 @@ def test_the_comparison_catches_a_lost_stale_foreign_or_doubled_event(
     assert problem in Demo.difference(docs, total, expected)
     good = Snapshot(snap.api, {"es": ({"a": held("1"), "b": held("2")}, 2)}, {"es": expected})
     assert good.all_agree()
+    away = Snapshot(good.api, good.held, good.expected, unanswered={"es": "ConnectionError"})
+    assert not away.all_agree()  # a destination that did not answer never counts as agreeing
