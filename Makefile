@@ -68,8 +68,11 @@ test:
 mutants: venv stack
 	@$(TIMED) "mutation gate" bash -c 'source .stack/env && $(PY) -m tests.mutation.gate'
 
+# The whole job on the local cluster until Ctrl-C (scripts/demo.py). ONCE=1: one round, exit 0
+# only when Elasticsearch and MySQL hold exactly the API server's events; ISOLATED=1: topics,
+# groups, indices, table and ports of this run only (removed after), beside anything else.
 demo: venv stack
-	@bash -c 'source .stack/env && $(PY) scripts/demo.py'
+	@bash -c 'source .stack/env && $(PY) -m scripts.demo $(if $(filter 1 yes true,$(ONCE)),--once) $(if $(filter 1 yes true,$(ISOLATED)),--isolated)'
 
 bench: venv stack
 	@bash -c 'source .stack/env && $(PY) -m bench.producer && $(PY) -m bench.core && $(PY) -m bench.sinks'

@@ -1,3 +1,4 @@
-"""The end-to-end suite runs on the same real stack, with the integration suite's fixtures."""
+"""The end-to-end tests' fixtures: the integration tests' own (the real services of the local
+stack; a missing one is a failure, never a skip)."""
 
-from tests.integration.conftest import api, brokers, kubeconfig, names, procs  # noqa: F401
+from tests.integration.conftest import *  # noqa: F403

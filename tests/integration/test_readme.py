@@ -1,6 +1,7 @@
 """The README's examples run against the real stack, each with its output checked: every
 ``kubevents`` line and every ``curl`` line of its console blocks (a line no test runs fails
-``test_every_readme_line_is_run``), its SCRAM example, its ``.stack/env`` and ``make demo``.
+``test_every_readme_line_is_run``), its SCRAM example and its ``.stack/env``. ``make demo`` runs
+in tests/e2e/test_demo.py.
 
 Each line is taken from the README itself and run as it is written; only what the README leaves
 to the user's environment is the test's: unique topic names (KUBEVENTS_TOPICS_*), the namespaces
@@ -23,7 +24,6 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -600,25 +600,3 @@ def test_readme_curl_lines_answer_the_counts(brokers: str, pipeline: Pipeline) -
         after = time.time()
         CURL_CHECKS[curl_url(line)](answer, occurrences, (before, after))
     assert len(lines) == len(CURL_CHECKS)
-
-
-# --------------------------------------------------------------------------------------------
-# make demo
-
-
-def test_make_demo_shows_the_whole_job() -> None:
-    """`make demo` = make venv stack + scripts/demo.py (the stack is already up here)."""
-    assert "scripts/demo.py" in (ROOT / "Makefile").read_text()
-    result = subprocess.run(
-        [sys.executable, str(Path("scripts/demo.py"))],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    assert "enriched events on topic" in out
-    assert "Deployment/shop-web" in out, "owner chain resolved to the Deployment"
-    assert "FailedScheduling" in out and "top reasons over the last hour" in out
