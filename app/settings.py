@@ -136,6 +136,11 @@ class WorkerSettings(BaseModel):
     membership and batch size (the pipeline's own logic has its own section)."""
 
     store: str = Field("memory://", description="Table store: memory:// or rocksdb://.")
+    sink_group_prefix: str = Field(
+        "kubevents-sink-",
+        description="A sink pipeline's consumer group is this followed by its id, unless it"
+        " names its own group (two installations sharing a Kafka cluster need different ones).",
+    )
     data_dir: Path = Field(Path("kubevents-data"), description="Faust data dir (RocksDB).")
     web_host: str = Field(
         default_factory=socket.gethostname,
@@ -303,10 +308,14 @@ class PipelineSettings(BaseModel):
     elasticsearch: ElasticsearchSinkSettings | None = None
     mysql: MySQLSinkSettings | None = None
     kafka: KafkaSinkSettings | None = None
+    group: str | None = Field(
+        None, description="Its consumer group; default: worker.sink_group_prefix + id."
+    )
 
     @property
     def app_id(self) -> str:
-        return f"kubevents-sink-{self.id}"
+        """Its consumer group (and Faust app id): set by Settings.sink_pipelines()."""
+        return self.group or f"kubevents-sink-{self.id}"
 
 
 class Settings(BaseSettings):
@@ -368,6 +377,8 @@ class Settings(BaseSettings):
             )
         if self.mysql.url and "mysql" not in kinds:
             out.append(PipelineSettings(id="mysql", sink="mysql", mysql=self.mysql))
+        prefix = self.worker.sink_group_prefix
+        out = [p if p.group else p.model_copy(update={"group": prefix + p.id}) for p in out]
         ids = [p.id for p in out]
         duplicated = sorted({i for i in ids if ids.count(i) > 1})
         if duplicated:

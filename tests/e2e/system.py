@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -126,16 +127,21 @@ class Load:
         with self._lock:
             return (self.versions[-1][0], self.versions[-1][1]) if self.versions else None
 
-    def burst(self, n: int, threads: int = 6) -> None:
-        """``n`` new events as fast as the API server takes them: records in flight at once."""
+    def burst(self, n: int, threads: int = 6) -> Callable[[], None]:
+        """Start creating ``n`` new events as fast as the API server takes them (records in
+        flight at once, while a fault lands); returns the function that waits for the end."""
         workers = [
             threading.Thread(target=lambda: [self.one(new=True) for _ in range(n // threads)])
             for _ in range(threads)
         ]
         for w in workers:
             w.start()
-        for w in workers:
-            w.join()
+
+        def join() -> None:
+            for w in workers:
+                w.join()
+
+        return join
 
     # -- the load ----------------------------------------------------------------------------
 
@@ -279,6 +285,9 @@ class System:
             KUBEVENTS_PRODUCER_LEASE_DURATION_S="4",
             KUBEVENTS_PRODUCER_RENEW_PERIOD_S="1",
             KUBEVENTS_CLUSTER_NAME="e2e",
+            # A SIGKILLed worker never leaves its group: its partitions move once its session
+            # times out (30 s by default), which is most of a worker kill's recovery time.
+            KUBEVENTS_WORKER_SESSION_TIMEOUT_S="10",
         )
         self.ports = {
             name: free_port() for name in ("producer-a", "producer-b", "core", *self.sinks)
@@ -297,7 +306,11 @@ class System:
     # -- processes ---------------------------------------------------------------------------
 
     def group(self, name: str) -> str:
-        return self.names["KUBEVENTS_CORE_APP_ID"] if name == "core" else f"kubevents-sink-{name}"
+        return (
+            self.names["KUBEVENTS_CORE_APP_ID"]
+            if name == "core"
+            else self.names["KUBEVENTS_WORKER_SINK_GROUP_PREFIX"] + name
+        )
 
     def committed(self, name: str) -> int:
         return sum(
@@ -308,9 +321,18 @@ class System:
         port = str(self.ports[name])
         if name.startswith("producer-"):
             env = {**self.env, "KUBEVENTS_PRODUCER_IDENTITY": name}
+            # Each batch read from the watch waits 0.3 s before it goes to Kafka (the next
+            # read gathers what arrived meanwhile): the leader SIGKILLed under load always
+            # dies holding versions it read and did not publish.
+            env["KUBEVENTS_FAULTS"] = "producer.before-publish=delay:0.3"
             args = ["produce", "--http-port", port]
         else:
             env = {**self.env, "KUBEVENTS_WORKER_WEB_PORT": port}
+            if name in self.sinks:
+                # Each batch waits half a second between its write and its ack: a sink worker
+                # SIGKILLed under load then always dies with records written and not committed
+                # (without it the kill often landed just after a commit: nothing in flight).
+                env["KUBEVENTS_FAULTS"] = "sink.written=delay:0.5"
             args = ["--config", str(self.config), "worker", "--pipeline", name]
             self.started[name] = self.committed(name)
         proc = Proc(args, env, f"e2e-{name}")

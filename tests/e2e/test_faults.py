@@ -72,11 +72,13 @@ def system(
         made.cleanup()
 
 
-def wait_until(what: str, condition: Callable[[], bool], timeout: float = 60) -> None:
+def wait_until(
+    what: str, condition: Callable[[], bool], timeout: float = 60, step: float = 0.2
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
-        time.sleep(0.2)
+        time.sleep(step)
 
 
 # -- the faults: each applies itself while the load runs and returns (in flight, note) ---------
@@ -84,32 +86,43 @@ def wait_until(what: str, condition: Callable[[], bool], timeout: float = 60) ->
 
 def kill_producer_leader(s: System) -> tuple[int, str]:
     leader = s.leader()
-    s.load.burst(120)
+    published = metric_sum(metrics(s.ports[leader]), "kubevents_producer_published_total")
+    done = s.load.burst(300)
+    # Mid-burst: the leader is publishing it, versions keep arriving on its watch.
+    wait_until(
+        "the leader publishing the burst",
+        lambda: (
+            metric_sum(metrics(s.ports[leader]), "kubevents_producer_published_total")
+            >= published + 30
+        ),
+        step=0.02,
+    )
     killed_at = time.monotonic()
     s.procs[leader].kill()
+    done()
     s.start(leader)  # as its Deployment would; the other replica takes the Lease meanwhile
-    recent = {v for v in s.load.acknowledged_before(killed_at)} - s.load.acknowledged_before(
-        killed_at - 5
-    )
-    published = {
+    recent = s.load.acknowledged_before(killed_at) - s.load.acknowledged_before(killed_at - 5)
+    by_leader = {
         (r["object"]["metadata"]["uid"], r["object"]["metadata"]["resourceVersion"])
         for _, value, _ in consume(s.brokers, s.names["KUBEVENTS_TOPICS_RAW"], idle_s=2)
         if value and (r := json.loads(value)).get("producer") == leader
     }
-    return len(recent - published), f"{leader} was leading"
+    return len(recent - by_leader), f"{leader} was leading"
 
 
 def kill_worker(name: str) -> Callable[[System], tuple[int, str]]:
     def fault(s: System) -> tuple[int, str]:
         before = s.handled(name)
-        s.load.burst(120)
-        # Kill once the burst reaches it: records it has taken and not yet committed.
-        wait_until(f"{name} handling the burst", lambda: s.handled(name) >= before + 40)
+        done = s.load.burst(300)
+        # Killed while the burst flows through it: records it has finished with (written or
+        # published) and whose offsets are not committed yet (commits follow every few s).
+        wait_until(f"{name} handling the burst", lambda: s.handled(name) >= before + 30, step=0.02)
         handled = s.handled(name)
         s.procs[name].kill()
-        done = s.committed(name) - s.started[name]
+        committed = s.committed(name) - s.started[name]
+        done()
         s.start(name)
-        return int(handled - done), f"{int(handled)} handled, {done} committed"
+        return int(handled - committed), f"{int(handled)} handled, {committed} committed"
 
     return fault
 

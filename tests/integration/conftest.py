@@ -62,6 +62,8 @@ def make_names() -> dict[str, str]:
         "KUBEVENTS_TOPICS_DLQ": f"t{tag}-dlq",
         "KUBEVENTS_CORE_APP_ID": f"t{tag}-core",
         "KUBEVENTS_PRODUCER_LEASE_NAME": f"t{tag}-lease",
+        # sink pipelines' groups: t<tag>-sink-<id> (tests run side by side with the same ids)
+        "KUBEVENTS_WORKER_SINK_GROUP_PREFIX": f"t{tag}-sink-",
         "tag": tag,
     }
 

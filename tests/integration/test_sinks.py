@@ -92,7 +92,12 @@ def test_a_filtered_kafka_pipeline_copies_exactly_its_events_and_dead_letters_ba
     assert letter["pipeline"] == "copy" and letter["reason"].startswith("not JSON")
     assert letter["value_text"] == "{this is not json"
     # Everything settled (written, filtered or dead-lettered) is committed.
-    wait_committed(brokers, "kubevents-sink-copy", names["KUBEVENTS_TOPICS_ENRICHED"], 61)
+    wait_committed(
+        brokers,
+        names["KUBEVENTS_WORKER_SINK_GROUP_PREFIX"] + "copy",
+        names["KUBEVENTS_TOPICS_ENRICHED"],
+        61,
+    )
 
 
 def started_pids(log: str, name: str) -> list[int]:
@@ -306,7 +311,10 @@ def test_a_sink_worker_killed_between_write_and_commit_leaves_no_gap_and_no_dupl
     cfg = tmp_path / "kubevents.yaml"
     pipeline = {"id": "sink", "sink": kind, "batch_size": 50, "batch_delay_ms": 0}
     cfg.write_text(yaml.safe_dump({"pipelines": [{**pipeline, **dest.declaration()}]}))
-    topic, group = names["KUBEVENTS_TOPICS_ENRICHED"], "kubevents-sink-sink"
+    topic, group = (
+        names["KUBEVENTS_TOPICS_ENRICHED"],
+        names["KUBEVENTS_WORKER_SINK_GROUP_PREFIX"] + "sink",
+    )
     events = versions_stream(100, 3)
     poison = dest.poison()
     first, rest = [*events[:10], poison, *events[10:150]], events[150:]
@@ -392,7 +400,10 @@ def test_a_sink_worker_killed_while_its_destination_is_away_loses_nothing(
         },
     }
     cfg.write_text(yaml.safe_dump({"pipelines": [pipeline]}))
-    topic, group = names["KUBEVENTS_TOPICS_ENRICHED"], "kubevents-sink-sink"
+    topic, group = (
+        names["KUBEVENTS_TOPICS_ENRICHED"],
+        names["KUBEVENTS_WORKER_SINK_GROUP_PREFIX"] + "sink",
+    )
     events = versions_stream(40, 2)
     first, rest = events[:40], events[40:]
     try:

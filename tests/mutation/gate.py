@@ -49,7 +49,12 @@ def run(mutant: Mutant) -> tuple[str, float, str]:
         # The running stack's state (pid files, logs) stays where make stack put it.
         (copy / ".stack").symlink_to(ROOT / ".stack")
         apply(mutant, copy)
-        env = {**os.environ, "PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(copy),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            **dict(mutant.env),
+        }
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests],
             cwd=copy,

@@ -30,6 +30,7 @@ class Mutant:
     # Its tests stop or disturb a shared server, or time a hand-over that a busy CPU stretches:
     # run after the others, one at a time (the rest run two at a time).
     alone: bool = False
+    env: tuple[tuple[str, str], ...] = ()  # set for its tests (the fault suite: which faults)
 
 
 MUTANTS: list[Mutant] = [
@@ -113,6 +114,21 @@ MUTANTS += [
             f"{PRODUCER_TESTS}::test_sigkill_mid_list_of_a_backlog_then_restart_loses_nothing",
         ),
         alone=True,
+    ),
+]
+
+# The fault suite (tests/e2e/test_faults.py), one fault of it per mutant to keep the gate short.
+E2E = "tests/e2e/test_faults.py::test_nothing_lost_doubled_or_miscounted_under_each_fault"
+MUTANTS += [
+    Mutant(
+        name="e2e-takeover-lists-nothing",
+        why="the replica taking over after the leader's death publishes nothing of its LIST, "
+        "only what its watch sees next: what the dead leader had not published is lost",
+        path="app/producer/source.py",
+        old=LIST_SINK,
+        new=LIST_SINK.replace("                    self.sink(records)\n", ""),
+        tests=(E2E,),
+        env=(("KUBEVENTS_E2E_FAULTS", "producer"),),
     ),
 ]
 

@@ -81,6 +81,18 @@ pipelines:
 """
 
 
+def test_sink_groups_take_the_prefix_unless_a_pipeline_names_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "kubevents.yaml"
+    config.write_text(
+        "pipelines:\n  - {id: a, sink: kafka}\n  - {id: b, sink: kafka, group: audit-copy}\n"
+    )
+    monkeypatch.setenv("KUBEVENTS_WORKER_SINK_GROUP_PREFIX", "eu-1-sink-")
+    groups = {p.id: p.app_id for p in load_settings(str(config)).sink_pipelines()}
+    assert groups == {"a": "eu-1-sink-a", "b": "audit-copy"}
+
+
 def test_pipelines_from_yaml_two_of_one_kind_with_the_kind_defaults(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
