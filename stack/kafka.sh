@@ -4,7 +4,7 @@
 # Listeners (all 127.0.0.1): PLAINTEXT 9092 (default, inter-broker), controller 9093, SASL_SSL 9094
 # (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and SSL 9095 with required client certificates; the last
 # two exist so the Kafka security options are tested against a real broker.
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # 4.1.2 passed a faust-streaming 0.15.3 + aiokafka 0.14.0 smoke test (tables, changelog recovery,
 # exactly_once); 3.9.2 passed it too and stays selectable: KAFKA_VERSION=3.9.2 stack/kafka.sh start.
@@ -38,8 +38,18 @@ is_4x() { [[ "${KAFKA_VERSION%%.*}" -ge 4 ]]; }
 
 install() {
   [[ -f "$HOME_DIR/.installed" ]] && return 0
-  log "kafka $KAFKA_VERSION: fetching jars through Maven (first run only)"
   mkdir -p "$HOME_DIR"
+  # stack/kafka-cluster.sh installs the same jars, and make stack runs installs in parallel: one
+  # fetches, the other waits for it and finds them installed.
+  local lock
+  exec {lock}>"$HOME_DIR/.install.lock"
+  flock "$lock"
+  [[ -f "$HOME_DIR/.installed" ]] || fetch_jars
+  exec {lock}>&-  # not inherited by the broker started next
+}
+
+fetch_jars() {
+  log "kafka $KAFKA_VERSION: fetching jars through Maven (first run only)"
   local logging
   if is_4x; then
     logging="
