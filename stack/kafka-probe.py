@@ -6,7 +6,7 @@
 ``brokers``: the brokers a Metadata request lists (KRaft lists registered, unfenced brokers only).
 ``quorum``: DescribeQuorum sent to a controller listener: the Raft leader of the metadata log, its
 high watermark, and per voter its log end offset and how long ago it was last caught up (by the
-leader's clock). Used by stack/kafka-cluster.sh's wait and by tests/integration/test_kafka_cluster.py.
+leader's clock). Used by stack/kafka-cluster.sh's wait and by the cluster's integration tests.
 Exit status 1 with the reason on stderr when the server does not answer as asked.
 """
 
@@ -115,6 +115,21 @@ class Reader:
             self.off += self.uvarint()
 
 
+def replicas(r: Reader, now_ms: int) -> dict[int, dict[str, int]]:
+    """A DescribeQuorum v1 ReplicaState array: id -> log end offset, ms since caught up."""
+    out = {}
+    for _ in range(r.uvarint() - 1):
+        rid, leo = r.fixed(">i"), r.fixed(">q")
+        r.fixed(">q")  # last fetch timestamp
+        caught_up = r.fixed(">q")
+        r.tags()
+        out[rid] = {
+            "log_end_offset": leo,
+            "caught_up_ms_ago": now_ms - caught_up if caught_up >= 0 else -1,
+        }
+    return out
+
+
 def quorum(addresses: str) -> dict[str, object]:
     """DescribeQuorum v1 of the metadata log, from the controller that leads it."""
     failures = []
@@ -145,20 +160,8 @@ def quorum(addresses: str) -> dict[str, object]:
             failures.append(f"{address}: error code {error}")
             continue
         leader, epoch, high_watermark = r.fixed(">i"), r.fixed(">i"), r.fixed(">q")
-
-        def replicas() -> dict[int, dict[str, int]]:
-            out = {}
-            for _ in range(r.uvarint() - 1):
-                rid, leo, _fetch, caught_up = r.fixed(">i"), r.fixed(">q"), r.fixed(">q"), r.fixed(">q")
-                r.tags()
-                out[rid] = {
-                    "log_end_offset": leo,
-                    "caught_up_ms_ago": now_ms - caught_up if caught_up >= 0 else -1,
-                }
-            return out
-
-        voters = replicas()
-        observers = replicas()
+        voters = replicas(r, now_ms)
+        observers = replicas(r, now_ms)
         return {
             "answered_by": address,
             "leader": leader,

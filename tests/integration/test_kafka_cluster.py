@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -45,14 +46,22 @@ def controllers() -> str:
 def cluster_ctl(*args: str, timeout: float = 150) -> None:
     """stack/kafka-cluster.sh ACTION [N]: kill, start or wait for one node (a real crash)."""
     result = subprocess.run(
-        ["bash", str(CLUSTER_CTL), *args], capture_output=True, text=True, timeout=timeout
+        ["bash", str(CLUSTER_CTL), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert result.returncode == 0, f"kafka-cluster.sh {' '.join(args)}: {result.stderr}"
 
 
 def probe(*args: str) -> dict[str, Any]:
     result = subprocess.run(
-        [sys.executable, str(PROBE), *args], capture_output=True, text=True, timeout=30
+        [sys.executable, str(PROBE), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
     return dict(json.loads(result.stdout))
@@ -71,6 +80,23 @@ def whole_cluster(cluster: str, controllers: str) -> Iterator[None]:
     cluster_ctl("wait")
 
 
+@pytest.fixture()
+def names(cluster: str) -> Iterator[dict[str, str]]:
+    """Topic names unique to one test; its topics are deleted afterwards, so that a node
+    restarted after a crash has only a few logs to recover."""
+    names = make_names()
+    yield names
+    topics = [names[k] for k in ("KUBEVENTS_TOPICS_RAW", "KUBEVENTS_TOPICS_ENRICHED")]
+    topics.append(names["KUBEVENTS_TOPICS_DLQ"])
+
+    async def delete(admin: AIOKafkaAdminClient) -> None:
+        existing = set(await admin.list_topics())
+        if gone := [t for t in topics if t in existing]:
+            await admin.delete_topics(gone)
+
+    asyncio.run(with_admin(cluster, delete))
+
+
 async def with_admin(cluster: str, fn: Callable[[AIOKafkaAdminClient], Awaitable[Any]]) -> Any:
     admin = AIOKafkaAdminClient(
         bootstrap_servers=cluster, request_timeout_ms=TIMEOUT_MS, client_id="test-cluster"
@@ -82,9 +108,12 @@ async def with_admin(cluster: str, fn: Callable[[AIOKafkaAdminClient], Awaitable
         await admin.close()
 
 
-async def partitions(admin: AIOKafkaAdminClient, topic: str) -> dict[int, dict[str, Any]]:
-    """partition -> {"leader": id, "replicas": [...], "isr": [...]}, as the cluster reports it."""
-    deadline = time.monotonic() + 15
+async def partitions(
+    admin: AIOKafkaAdminClient, topic: str, wait_s: float = 15
+) -> dict[int, dict[str, Any]]:
+    """partition -> {"leader": id, "replicas": [...], "isr": [...]}, as the cluster reports it
+    (waiting up to ``wait_s`` for the topic to exist)."""
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             described = await admin.describe_topics([topic])
@@ -114,10 +143,9 @@ async def configs(
 
 
 def kubevents(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    import os
-
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
+        check=False,
         env={**os.environ, "KUBEVENTS_LOG_FORMAT": "text", **env},
         cwd=str(ROOT),
         capture_output=True,
@@ -171,8 +199,9 @@ def test_three_brokers_and_a_controller_quorum(cluster: str, controllers: str) -
     }
 
 
-def test_kubevents_topics_get_three_replicas_and_min_isr_two(cluster: str) -> None:
-    names = make_names()
+def test_kubevents_topics_get_three_replicas_and_min_isr_two(
+    cluster: str, names: dict[str, str]
+) -> None:
     result = kubevents(["topics"], cluster_env(cluster, names))
     assert result.returncode == 0, result.stderr
     topics = [names[k] for k in ("KUBEVENTS_TOPICS_RAW", "KUBEVENTS_TOPICS_ENRICHED")]
@@ -243,18 +272,17 @@ async def end_offsets(consumer: AIOKafkaConsumer, topic: str, parts: list[int]) 
         return {tp.partition: offset for tp, offset in ends.items()}
 
 
-def test_replay_rides_through_a_node_sigkilled_under_load(cluster: str, tmp_path: Path) -> None:
+def test_replay_rides_through_a_node_sigkilled_under_load(
+    cluster: str, names: dict[str, str], tmp_path: Path
+) -> None:
     """A real kubevents process writes while the node leading some of its partitions crashes:
     the fault lands with records in flight, the leaders move, the writes go on through the new
     leaders, and every event is on the topic exactly once. Then the node rejoins every ISR."""
-    names = make_names()
     env = cluster_env(cluster, names)
     topic = names["KUBEVENTS_TOPICS_RAW"]
     n = 60_000
     dump = tmp_path / "events.ndjson"
     uids = write_dump(dump, names["tag"], n)
-    created = kubevents(["topics"], env)
-    assert created.returncode == 0, created.stderr
 
     async def scenario() -> dict[str, Any]:
         admin = AIOKafkaAdminClient(bootstrap_servers=cluster, request_timeout_ms=TIMEOUT_MS)
@@ -262,12 +290,15 @@ def test_replay_rides_through_a_node_sigkilled_under_load(cluster: str, tmp_path
         await admin.start()
         await consumer.start()
         try:
-            before = await partitions(admin, topic)
-            leads = Counter(p["leader"] for p in before.values())
-            victim = leads.most_common(1)[0][0]
-            led = sorted(p for p, info in before.items() if info["leader"] == victim)
             proc = Proc(["replay", "-q", str(dump)], env, "replay-cluster")
             try:
+                # The topic, as replay creates it (three replicas): the victim is the node
+                # that leads most of its partitions.
+                before = await partitions(admin, topic, wait_s=60)
+                leads = Counter(p["leader"] for p in before.values())
+                victim = leads.most_common(1)[0][0]
+                led = sorted(p for p, info in before.items() if info["leader"] == victim)
+                assert all(len(p["replicas"]) == 3 for p in before.values()), before
                 # Kill once a tenth of the records is acknowledged (acks=all: the high
                 # watermarks) and the victim's partitions have some: it fails mid-stream.
                 deadline = time.monotonic() + 60
@@ -335,7 +366,9 @@ def test_replay_rides_through_a_node_sigkilled_under_load(cluster: str, tmp_path
     assert all(r["after"][p]["leader"] != victim for p in led)
 
     # Exactly once: every event, none twice, none missing.
+    print(f"scenario {time.monotonic() - started:.1f}s")
     messages = consume(cluster, topic, until=n, idle_s=5, timeout_s=90)
+    print(f"consumed {time.monotonic() - started:.1f}s")
     seen = Counter(orjson.loads(v)["object"]["metadata"]["uid"] for _, v, _ in messages if v)
     doubled = {uid: c for uid, c in seen.items() if c > 1}
     assert not doubled, f"{len(doubled)} events written more than once, e.g. {list(doubled)[:5]}"
@@ -344,6 +377,7 @@ def test_replay_rides_through_a_node_sigkilled_under_load(cluster: str, tmp_path
 
     # The node (started again above) comes back and catches up: in every partition's ISR.
     cluster_ctl("wait-node", str(victim))
+    print(f"node back {time.monotonic() - started:.1f}s")
 
     async def rejoined(admin: AIOKafkaAdminClient) -> dict[int, dict[str, Any]]:
         deadline = time.monotonic() + 60
