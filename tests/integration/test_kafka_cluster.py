@@ -280,7 +280,7 @@ def test_replay_rides_through_a_node_sigkilled_under_load(
     leaders, and every event is on the topic exactly once. Then the node rejoins every ISR."""
     env = cluster_env(cluster, names)
     topic = names["KUBEVENTS_TOPICS_RAW"]
-    n = 60_000
+    n = 30_000
     dump = tmp_path / "events.ndjson"
     uids = write_dump(dump, names["tag"], n)
 
