@@ -448,7 +448,11 @@ def test_core_worker_rides_through_a_node_sigkilled_under_load(
             await admin.start()
             try:
                 before = await partitions(admin, out_topic)
-                victim = Counter(p["leader"] for p in before.values()).most_common(1)[0][0]
+                # The harder crash: the node that is also the group's coordinator (the group
+                # must find a new one), if it leads output partitions too.
+                coordinator = await admin.find_coordinator(env["KUBEVENTS_CORE_APP_ID"])
+                leaders = Counter(p["leader"] for p in before.values())
+                victim = coordinator if coordinator in leaders else leaders.most_common(1)[0][0]
                 led = sorted(p for p, info in before.items() if info["leader"] == victim)
                 deadline = time.monotonic() + 90
                 while (written := metric(port, "kubevents_kafka_written_total")) < n // 10:
@@ -460,6 +464,7 @@ def test_core_worker_rides_through_a_node_sigkilled_under_load(
                 after = await wait_leaders_moved(admin, out_topic, victim, led)
                 return {
                     "victim": victim,
+                    "coordinator": coordinator,
                     "led": led,
                     "after": after,
                     "done_at_kill": done_at_kill,
@@ -472,7 +477,8 @@ def test_core_worker_rides_through_a_node_sigkilled_under_load(
         r = asyncio.run(scenario())
         victim = r["victim"]
         print(
-            f"core: node {victim} (leader of output partitions {r['led']}) killed with"
+            f"core: node {victim} (leader of output partitions {r['led']}, group coordinator:"
+            f" {victim == r['coordinator']}) killed with"
             f" {r['done_at_kill']:.0f}/{n} records processed; leaders moved after"
             f" {r['moved_s']:.1f}s"
         )
