@@ -3,8 +3,9 @@
 # the single broker of stack/kafka.sh (same version and jars, its own ports, data and cluster id).
 # Replication factor 3 and min.insync.replicas=2 for every topic, the internal ones included, so
 # one node may crash with nothing acknowledged lost and producers with acks=all still served.
-# Usage: stack/kafka-cluster.sh install|start|wait|stop|status|env
+# Usage: stack/kafka-cluster.sh install|start|wait|stop|status|env|running
 #        stack/kafka-cluster.sh kill N|start-node N|wait-node N    (N = 1, 2 or 3)
+# running: exit 0 if any node runs (stack/down.sh, status.sh and env.sh include the cluster then).
 # kill is SIGKILL (a crash: no controlled shutdown, leaders move once the controller fences the
 # node); start-node restarts one node on its data; wait-node waits until it is registered again.
 source "$(dirname "$0")/kafka.sh"  # install, is_4x, java_opts, write_log_config, KAFKA_VERSION
