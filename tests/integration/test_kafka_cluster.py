@@ -380,10 +380,11 @@ def test_replay_rides_through_a_node_sigkilled_under_load(
     started = time.monotonic()
     r = asyncio.run(scenario())
     victim, led, at_kill, final = r["victim"], r["led"], r["at_kill"], r["final"]
+    new_leaders = [r["after"][p]["leader"] for p in sorted(r["after"])]
     print(
         f"\nreplay: node {victim} (leader of partitions {led}) killed at"
         f" {sum(at_kill.values())}/{n} records; leaders moved after {r['moved_s']:.1f}s;"
-        f" replay done after {r['finished_s']:.1f}s; leaders {[r['after'][p]['leader'] for p in sorted(r['after'])]}"
+        f" replay done after {r['finished_s']:.1f}s; leaders now {new_leaders}"
     )
     assert r["rc"] == 0, r["output"]
     # The fault landed with records in flight: the process was still writing, and the topic
