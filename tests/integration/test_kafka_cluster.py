@@ -1,8 +1,9 @@
 """Kafka as users run it: the stack's 3-node KRaft cluster (stack/kafka-cluster.sh, started by
 ``make stack KAFKA_BROKERS=3``). Three registered brokers and a controller quorum; kubevents'
-own topics created with three replicas and ``min.insync.replicas=2``; and a real kubevents
-process (``kubevents replay``) riding through one node SIGKILLed while it writes: the leaders
-move, and every record ends up on the topic exactly once."""
+own topics created with three replicas and ``min.insync.replicas=2``; and real kubevents
+processes riding through one node SIGKILLed while they write: ``kubevents replay`` (every event
+on the topic exactly once) and the core worker (every event out, exact copies at worst, counts
+exact), with the partition leaders moving and the node rejoining every ISR afterwards."""
 
 from __future__ import annotations
 
