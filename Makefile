@@ -12,7 +12,8 @@ help:
 	@echo "make demo        bring the stack up and run the pipeline on a live cluster"
 	@echo "make test        lint, type-check and run every test against the real stack"
 	@echo "make stack       start Kafka, Elasticsearch 8 and 9, MariaDB and Kubernetes (first run builds)"
-	@echo "make stack-down  stop them"
+	@echo "                 KAFKA_BROKERS=3: also a 3-node KRaft cluster (RF 3, min ISR 2) beside them"
+	@echo "make stack-down  stop them (the 3-node cluster too, if it runs)"
 	@echo "make stack-status  one line per server: ready, starting or stopped"
 	@echo "make mutants     the mutation gate: broken copies of the code that the tests must catch"
 	@echo "make bench       run the benchmark scripts (producer, core, sinks)"
@@ -29,8 +30,12 @@ $(STAMP): requirements.lock pyproject.toml
 
 venv: $(STAMP)
 
+# 1: the single broker only; 3: also the 3-node KRaft cluster (stack/kafka-cluster.sh), whose
+# address .stack/env then carries (KUBEVENTS_TEST_KAFKA_CLUSTER).
+KAFKA_BROKERS ?= 1
+
 stack:
-	@$(TIMED) "make stack" bash stack/up.sh
+	@KAFKA_BROKERS=$(KAFKA_BROKERS) $(TIMED) "make stack" bash stack/up.sh
 
 stack-down:
 	@bash stack/down.sh

@@ -4,7 +4,7 @@
 # Listeners (all 127.0.0.1): PLAINTEXT 9092 (default, inter-broker), controller 9093, SASL_SSL 9094
 # (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) and SSL 9095 with required client certificates; the last
 # two exist so the Kafka security options are tested against a real broker.
-source "$(dirname "$0")/lib.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # 4.1.2 passed a faust-streaming 0.15.3 + aiokafka 0.14.0 smoke test (tables, changelog recovery,
 # exactly_once); 3.9.2 passed it too and stays selectable: KAFKA_VERSION=3.9.2 stack/kafka.sh start.
@@ -38,8 +38,18 @@ is_4x() { [[ "${KAFKA_VERSION%%.*}" -ge 4 ]]; }
 
 install() {
   [[ -f "$HOME_DIR/.installed" ]] && return 0
-  log "kafka $KAFKA_VERSION: fetching jars through Maven (first run only)"
   mkdir -p "$HOME_DIR"
+  # stack/kafka-cluster.sh installs the same jars, and make stack runs installs in parallel: one
+  # fetches, the other waits for it and finds them installed.
+  local lock
+  exec {lock}>"$HOME_DIR/.install.lock"
+  flock "$lock"
+  [[ -f "$HOME_DIR/.installed" ]] || fetch_jars
+  exec {lock}>&-  # not inherited by the broker started next
+}
+
+fetch_jars() {
+  log "kafka $KAFKA_VERSION: fetching jars through Maven (first run only)"
   local logging
   if is_4x; then
     logging="
@@ -148,9 +158,13 @@ log.cleaner.dedupe.buffer.size=33554432
 num.network.threads=2
 num.io.threads=4
 EOF
+  write_log_config "$CONF_DIR"
+}
 
+# write_log_config DIR: the broker's logging setup (also used by stack/kafka-cluster.sh's nodes).
+write_log_config() {
   if is_4x; then
-    cat >"$CONF_DIR/log4j2.properties" <<'EOF'
+    cat >"$1/log4j2.properties" <<'EOF'
 # Everything to stdout (start_bg sends it to .stack/logs/kafka.log).
 status = warn
 appender.stdout.type = Console
@@ -188,7 +202,7 @@ logger.txn.name = kafka.coordinator.transaction
 logger.txn.level = WARN
 EOF
   else
-    cat >"$CONF_DIR/log4j.properties" <<'EOF'
+    cat >"$1/log4j.properties" <<'EOF'
 # Everything to stdout (start_bg sends it to .stack/logs/kafka.log).
 log4j.rootLogger=INFO, stdout
 log4j.appender.stdout=org.apache.log4j.ConsoleAppender
@@ -213,11 +227,13 @@ EOF
   fi
 }
 
+# java_opts [CONF_DIR [HEAP_MB]]: JVM flags, logging set up from CONF_DIR (default: this broker's).
 java_opts() {
-  local opts=(-Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20
+  local conf="${1:-$CONF_DIR}" heap="${2:-512}"
+  local opts=("-Xms$((heap / 2))m" "-Xmx${heap}m" -XX:+UseG1GC -XX:MaxGCPauseMillis=20
     -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true)
-  if is_4x; then opts+=("-Dlog4j2.configurationFile=$CONF_DIR/log4j2.properties")
-  else opts+=("-Dlog4j.configuration=file:$CONF_DIR/log4j.properties"); fi
+  if is_4x; then opts+=("-Dlog4j2.configurationFile=$conf/log4j2.properties")
+  else opts+=("-Dlog4j.configuration=file:$conf/log4j.properties"); fi
   printf '%s\n' "${opts[@]}"
 }
 
@@ -311,6 +327,9 @@ ensure_scram_users() {
   done
   echo "$SASL_USER $SCRAM_CONFIG" >"$marker"
 }
+
+# Sourced (stack/kafka-cluster.sh reuses the install, version and logging setup): define only.
+[[ "${BASH_SOURCE[0]}" != "$0" ]] && return 0
 
 case "${1:-}" in
   install) install ;;
