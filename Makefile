@@ -55,7 +55,11 @@ unit: venv
 integration: venv stack
 	@$(TIMED) "integration tests" bash -c 'source .stack/env && $(PY) -m pytest tests/integration -q -p no:cacheprovider'
 
-# The README's test command: everything, against the real services.
+# The README's test command: everything, against the real services. The fault suite and the
+# cluster tests run on the 3-node Kafka cluster, so make test starts it (and its sub-makes see it).
+test: export KAFKA_BROKERS = 3
+integration: export KAFKA_BROKERS = 3
+mutants: export KAFKA_BROKERS = 3
 test:
 	@$(TIMED) "venv" $(MAKE) --no-print-directory venv
 	@$(MAKE) --no-print-directory stack

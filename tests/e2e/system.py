@@ -285,6 +285,8 @@ class System:
             KUBEVENTS_PRODUCER_LEASE_DURATION_S="4",
             KUBEVENTS_PRODUCER_RENEW_PERIOD_S="1",
             KUBEVENTS_CLUSTER_NAME="e2e",
+            KUBEVENTS_KAFKA_BROKERS=brokers,
+            KUBEVENTS_TOPICS_REPLICATION_FACTOR="3",
             # A SIGKILLed worker never leaves its group: its partitions move once its session
             # times out (30 s by default), which is most of a worker kill's recovery time.
             KUBEVENTS_WORKER_SESSION_TIMEOUT_S="10",
@@ -407,7 +409,24 @@ class System:
             proc.kill()
 
     def cleanup(self) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient
+
         from app.sinks.elasticsearch import template_name
+
+        async def delete_topics() -> None:  # a node restarted later recovers fewer logs
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.brokers)
+            await admin.start()
+            try:
+                tag = f"t{self.names['tag']}"
+                if gone := [t for t in await admin.list_topics() if t.startswith(tag)]:
+                    await admin.delete_topics(gone)
+            finally:
+                await admin.close()
+
+        import asyncio
+
+        with contextlib.suppress(Exception):
+            asyncio.run(delete_topics())
 
         with contextlib.suppress(Exception):
             k8s.CoreV1Api(self.api).delete_namespace(self.ns)

@@ -11,8 +11,11 @@ What proves "in flight", per fault:
   the killed leader never published (read back from the raw topic once it is dead);
 - a worker SIGKILL (core, each sink): records it had finished with (its own metrics, read just
   before the kill) minus what its group had committed when it died: handled, not committed;
-- Kafka restarted: versions created while the broker was down, and the producer holding records
-  it could not hand over meanwhile;
+- a Kafka node SIGKILLed (the one leading most partitions of the raw and public topics): the
+  partition leaders move (asserted), the core goes on writing meanwhile, versions created while
+  the node is down; it comes back and rejoins every ISR;
+- the Kafka cluster restarted (every node stopped 10 s): versions created while it was away, and
+  the producer holding records it could not hand over meanwhile;
 - Elasticsearch / MariaDB stopped 60 s: the stopped pipeline says it is blocked (/readyz), with
   records on k8s-events it has not committed, half-way through; meanwhile the other
   destination's lag, from the API server to it, stays under 5 s (a worker killed while its
@@ -25,18 +28,30 @@ the serial phase, after the parallel one)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 from kubernetes import client as k8s
 
 from tests.e2e.system import Check, System, metric_sum, metrics, readyz
-from tests.integration.conftest import LOGS, consume, stack_ctl
+from tests.integration.conftest import LOGS, consume, need_env, stack_ctl
+from tests.integration.test_kafka_cluster import (
+    NODES,
+    cluster_ctl,
+    partitions,
+    wait_leaders_moved,
+    wait_rejoined,
+    with_admin,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.alone]
 
@@ -61,14 +76,17 @@ class Row:
 def system(
     brokers: str, api: k8s.ApiClient, names: dict[str, str], tmp_path: Path
 ) -> Iterator[System]:
-    made = System(brokers, api, names, tmp_path)
+    made = System(need_env("KUBEVENTS_TEST_KAFKA_CLUSTER"), api, names, tmp_path)
     try:
         yield made
     finally:
         made.stop()
-        for server in ("kafka", "elasticsearch", "mariadb"):  # whatever happened, they are up
+        for server in ("elasticsearch", "mariadb"):  # whatever happened, they are up again
             stack_ctl(server, "start")
             stack_ctl(server, "wait")
+        for node in kafka_nodes():
+            cluster_ctl("start-node", node)
+        cluster_ctl("wait")
         made.cleanup()
 
 
@@ -127,18 +145,55 @@ def kill_worker(name: str) -> Callable[[System], tuple[int, str]]:
     return fault
 
 
+def kafka_nodes() -> list[str]:
+    return [str(n) for n in sorted(NODES)]
+
+
+def kill_kafka_node(s: System) -> tuple[int, str]:
+    """The node leading most partitions of the raw and public topics, SIGKILLed under load."""
+    topics = [s.names["KUBEVENTS_TOPICS_RAW"], s.names["KUBEVENTS_TOPICS_ENRICHED"]]
+
+    async def leaders(admin: AIOKafkaAdminClient) -> dict[str, dict[int, dict[str, Any]]]:
+        return {t: await partitions(admin, t) for t in topics}
+
+    before = asyncio.run(with_admin(s.brokers, leaders))
+    led = Counter(p["leader"] for parts in before.values() for p in parts.values())
+    victim = led.most_common(1)[0][0]
+    written = metric_sum(metrics(s.ports["core"]), "kubevents_kafka_written_total")
+    cluster_ctl("kill", str(victim))
+    killed_at = time.monotonic()
+    for topic in topics:
+        mine = [p for p, meta in before[topic].items() if meta["leader"] == victim]
+        asyncio.run(
+            with_admin(s.brokers, lambda a, t=topic, m=mine: wait_leaders_moved(a, t, victim, m))
+        )
+    time.sleep(max(0.0, 10 - (time.monotonic() - killed_at)))
+    moved_on = metric_sum(metrics(s.ports["core"]), "kubevents_kafka_written_total") - written
+    created = s.load.acknowledged_after(killed_at)
+    cluster_ctl("start-node", str(victim))
+    cluster_ctl("wait-node", str(victim))
+    for topic in topics:
+        asyncio.run(with_admin(s.brokers, lambda a, t=topic: wait_rejoined(a, t, victim)))
+    assert moved_on > 0, "the core wrote nothing while the node was down"
+    return (
+        created,
+        f"node {victim} led {led[victim]} partitions; core wrote {moved_on:.0f} meanwhile",
+    )
+
+
 def restart_kafka(s: System) -> tuple[int, str]:
+    """Every node stopped at once, 10 s, started again: the whole cluster away."""
     leader = s.leader()
-    stack_ctl("kafka", "stop")
+    cluster_ctl("stop")
     stopped_at = time.monotonic()
     holding = 0.0
-    while time.monotonic() - stopped_at < 15:
+    while time.monotonic() - stopped_at < 10:
         values = metrics(s.ports[leader])
         holding = max(holding, metric_sum(values, "kubevents_producer_in_flight"))
         time.sleep(0.5)
     created = s.load.acknowledged_after(stopped_at)
-    stack_ctl("kafka", "start")
-    stack_ctl("kafka", "wait")
+    cluster_ctl("start")
+    cluster_ctl("wait")
     return created if holding > 0 else 0, f"producer held up to {holding:.0f} records"
 
 
@@ -196,7 +251,8 @@ FAULTS: list[tuple[str, Callable[[System], tuple[int, str]]]] = [
     ("SIGKILL core worker", kill_worker("core")),
     ("SIGKILL elasticsearch sink", kill_worker("elasticsearch")),
     ("SIGKILL mysql sink", kill_worker("mysql")),
-    ("Kafka broker restarted", restart_kafka),
+    ("Kafka node SIGKILLed (1 of 3)", kill_kafka_node),
+    ("Kafka cluster restarted", restart_kafka),
     ("Elasticsearch stopped 60 s", stop_destination("elasticsearch", "elasticsearch", "mysql")),
     ("MariaDB stopped 60 s", stop_destination("mariadb", "mysql", "elasticsearch")),
     ("API server restarted", restart_api_server),
@@ -228,6 +284,8 @@ def table(rows: list[Row]) -> str:
 def test_nothing_lost_doubled_or_miscounted_under_each_fault(
     system: System, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Kafka as users run it: the stack's 3-node KRaft cluster (make stack KAFKA_BROKERS=3),
+    replication factor 3, min.insync.replicas 2."""
     s = system
     s.start_all()
     wait_until("a producer leading", lambda: s.leader() in s.procs, timeout=60)
