@@ -95,9 +95,9 @@ class _ReadState:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.seeks = 0  # seeks to committed offsets done so far
-        # The consumer generation the last seek to committed offsets was made in: records of a
-        # streamed topic are handed over only in that generation (fix 5).
-        self.sought_generation: int | None = None
+        # The generation assigned last, until the seek to committed offsets that follows it:
+        # meanwhile no record of a streamed topic is handed over (fix 5).
+        self.unsought: int | None = None
         self.reseek: dict[Any, tuple[int, int]] = {}  # partition -> (offset, times) sought back
 
     def advance(self, read_offset: Any, seeks: int, nexts: dict[Any, int]) -> None:
@@ -118,8 +118,7 @@ async def _seek_all(consumer: Any, faust: Any, streamed: Any) -> Any:
     """In the consumer thread: seek every partition of ``streamed`` topics to its committed
     offset and make that the next offset to read, at once (see _drain_messages); returns the
     positions. Changelog partitions are left to Faust's recovery."""
-    # Read before seeking: a rebalance meanwhile leaves its generation unsought (fix 5) until
-    # the seek that follows it.
+    # Read before seeking: a rebalance meanwhile stays unsought (fix 5) until its own seek.
     generation = faust.app.consumer_generation_id
     committed = dict(await consumer.seek_to_committed())
     for tp, offset in list(committed.items()):
@@ -133,13 +132,26 @@ async def _seek_all(consumer: Any, faust: Any, streamed: Any) -> Any:
     state = _state(faust)
     with state.lock:
         state.seeks += 1
-        state.sought_generation = generation
+        if state.unsought == generation:
+            state.unsought = None
         for tp, offset in committed.items():
             key = faust_consumer.ensure_TP(tp)
             faust._read_offset[key] = offset
             faust._committed_offset[key] = offset  # 0 included: Faust records 0 as unknown
             state.reseek.pop(key, None)
     return committed
+
+
+_original_on_partitions_assigned = faust_aiokafka.ConsumerRebalanceListener.on_partitions_assigned
+
+
+async def _on_partitions_assigned(self: Any, assigned: Any) -> None:
+    """In the consumer thread, before Faust sets the new generation: nothing is handed over in
+    it until the seek that follows (fix 5)."""
+    state = _state(self._thread.consumer)
+    with state.lock:
+        state.unsought = self._thread._ensure_consumer()._coordinator.generation
+    await _original_on_partitions_assigned(self, assigned)
 
 
 async def _seek_to_committed(self: Any) -> Any:
@@ -261,7 +273,7 @@ class _Batches:
         generation = consumer.app.consumer_generation_id
         with state.lock:
             # Else read before a seek, or before the seek of this generation: they come again.
-            handed = state.seeks == self.seeks and state.sought_generation == generation
+            handed = state.seeks == self.seeks and state.unsought is None
         for topic, records in self.pending.items():
             if any(getattr(m, "generation_id", None) != generation for m in records):
                 handed = False
@@ -327,8 +339,8 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
                 offset = message.offset
                 with state.lock:
                     seeks, expected = state.seeks, read_offset[tp]
-                    sought = state.sought_generation
-                if sought != self.app.consumer_generation_id and acks_enabled_for(message.topic):
+                    unsought = state.unsought
+                if unsought is not None and acks_enabled_for(message.topic):
                     continue  # read before this generation's seek, which reads it again (fix 5)
                 expected = batches.next_offset(tp, seeks, expected)
                 if expected is not None and offset < expected:
@@ -396,3 +408,4 @@ def apply() -> None:
     faust_consumer.Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
     faust_consumer.Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
     faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]
+    faust_aiokafka.ConsumerRebalanceListener.on_partitions_assigned = _on_partitions_assigned  # type: ignore[method-assign]
