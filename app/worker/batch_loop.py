@@ -8,7 +8,10 @@ queue (at most two batches wait). For each batch the loop:
   2. skips it if it was read before a rebalance (its consumer generation is not the current one):
      the seek that follows every rebalance reads those records again, on whichever worker owns
      their partition now; they are not acked, so nothing past them is committed meanwhile
-     (counted in ``kubevents_pipeline_stale_records_total``);
+     (counted in ``kubevents_pipeline_stale_records_total``). Records read after a rebalance but
+     before its seek are not even handed over (app/worker/faust_fixes.py, fix 5): handled ahead
+     of the records between the committed offset and them, they would take those records'
+     counts with them;
   3. awaits the pipeline's handler, which returns only once everything the batch must write is
      acknowledged by its destination (Kafka, a table's changelog, Elasticsearch, MySQL) or
      dead-lettered;

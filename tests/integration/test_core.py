@@ -444,7 +444,7 @@ def test_kafka_stopped_and_restarted_under_a_worker_loses_nothing_and_counts_onc
     wait_counts(port, len(uids) + len(more), timeout=120)
 
 
-SLOW = "core.batch-taken=delay:0.3,faust.after-seek=delay:1.5"
+SLOW = "core.batch-taken=delay:0.3,faust.before-seek=delay:1,faust.after-seek=delay:1.5"
 
 
 @pytest.mark.parametrize(
@@ -461,7 +461,10 @@ def test_workers_joining_and_leaving_under_traffic_lose_nothing_and_count_once(
     batch is left for the seek to read again). "slow": no batch held, but every batch waits for
     a slow agent (so a's queue is full when b joins: asserted the same way) and each
     rebalance's seek lasts 1.5 s, so that records read from the sought position are handed over
-    when Faust resumes the flow (and used to be cleared: the Faust-channel mutant)."""
+    when Faust resumes the flow (and used to be cleared: the Faust-channel mutant); and the seek
+    starts 1 s after Faust resumed the partitions, while the fetcher reads on from where it was
+    before the rebalance (those records, handled before the ones from the committed offset,
+    used to take their counts with them: a deficit of 51 of 1820 in one run in four)."""
     faults, store = variant
     env = worker_env(names, KUBEVENTS_WORKER_STORE=store)
     if faults:
