@@ -99,3 +99,23 @@ def test_a_flow_suspension_while_the_channel_is_full_drops_the_batch() -> None:
         assert blocked.batches == []
     finally:
         faust_fixes._batched.pop(TOPIC)
+
+
+def test_nothing_is_handed_over_between_an_assignment_and_its_seek(receiver: Receiver) -> None:
+    """Fix 5: records fetched after a generation is assigned and before its seek to the committed
+    offsets are read again after the seek; handed over first, they made the count rows skip the
+    increments of the records before them."""
+
+    async def run() -> Any:
+        c, state = consumer(), _ReadState()
+        b = _Batches(c, state)
+        state.unsought = 1  # generation 1 assigned, its seek not done yet
+        await b.add(0, message(0, 10), 0)
+        await b.flush()
+        state.unsought = None  # the seek
+        await b.add(0, message(0, 10), 0)
+        await b.flush()
+        return c._read_offset
+
+    assert asyncio.run(run()) == {0: 11, 1: 20}
+    assert receiver.batches == [[(0, 10)]]
