@@ -21,7 +21,6 @@ from prometheus_client import Counter, Gauge
 
 from app.kafka.client import partition_of
 from app.kafka.writer import BatchWriter
-from app.testing import faults
 
 log = logging.getLogger("kubevents.publisher")
 
@@ -56,7 +55,6 @@ class Publisher:
         ``allowed`` is asked before each chunk is handed to the writer, after any wait for room
         (the producer's leadership check, which must hold at the moment of sending, not when the
         records were read)."""
-        await faults.point("producer.before-publish", len(records))  # tests: records held here
         partitions = await self._writer.partitions(self._topic)
         by_partition: dict[int, list[tuple[bytes, bytes]]] = defaultdict(list)
         for record in records:

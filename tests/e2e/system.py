@@ -323,10 +323,6 @@ class System:
         port = str(self.ports[name])
         if name.startswith("producer-"):
             env = {**self.env, "KUBEVENTS_PRODUCER_IDENTITY": name}
-            # Each batch read from the watch waits 0.3 s before it goes to Kafka (the next
-            # read gathers what arrived meanwhile): the leader SIGKILLed under load always
-            # dies holding versions it read and did not publish.
-            env["KUBEVENTS_FAULTS"] = "producer.before-publish=delay:0.3"
             args = ["produce", "--http-port", port]
         else:
             env = {**self.env, "KUBEVENTS_WORKER_WEB_PORT": port}

@@ -7,8 +7,9 @@ lost, duplicated, wrong counts, time to recover) and fails on any loss, duplicat
 and on a fault that did not land.
 
 What proves "in flight", per fault:
-- producer leader SIGKILL: versions the API server acknowledged in the 5 s before the kill that
-  the killed leader never published (read back from the raw topic once it is dead);
+- producer leader SIGKILL (frozen 1 s by SIGSTOP first, mid-burst): versions the API server
+  acknowledged in the 5 s before the kill that the killed leader never published (read back
+  from the raw topic once it is dead);
 - a worker SIGKILL (core, each sink): records it had finished with (its own metrics, read just
   before the kill) minus what its group had committed when it died: handled, not committed;
 - a Kafka node SIGKILLed (the one leading most partitions of the raw and public topics): the
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -115,6 +117,10 @@ def kill_producer_leader(s: System) -> tuple[int, str]:
         ),
         step=0.02,
     )
+    # Frozen for a second first (SIGSTOP: the watch keeps sending it versions it cannot
+    # publish), then SIGKILLed: it dies holding them.
+    os.killpg(s.procs[leader].proc.pid, signal.SIGSTOP)
+    time.sleep(1)
     killed_at = time.monotonic()
     s.procs[leader].kill()
     done()
