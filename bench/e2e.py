@@ -47,6 +47,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from importlib import metadata
@@ -90,6 +91,7 @@ class Stack:
     def __init__(self, tag: str, phase: str, config: Path, data_dir: Path):
         self.tag, self.phase, self.config = tag, phase, config
         self.procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+        self.server_pids = server_pids()  # a pid that changes: a server restarted under us
         self.env = {
             "KUBEVENTS_TOPICS_RAW": f"bench-e2e-{tag}-{phase}-raw",
             "KUBEVENTS_TOPICS_ENRICHED": f"bench-e2e-{tag}-{phase}-events",
@@ -119,7 +121,35 @@ class Stack:
                 raise SystemExit(f"bench.e2e: {name} never became ready (exit {proc.poll()})")
 
     def cpu(self) -> dict[str, float]:
-        return {n: cpu_seconds(p.pid) for n, (p, _) in self.procs.items() if p.poll() is None}
+        """CPU seconds so far of each process, of each server of the stack (shared with anyone
+        using it) and of the whole machine (busy time of every core)."""
+        out = {n: cpu_seconds(p.pid) for n, (p, _) in self.procs.items() if p.poll() is None}
+        for name, pid in server_pids().items():
+            out[f"server {name}"] = tree_cpu_seconds(pid)
+        out["machine"] = machine_busy_seconds()
+        return out
+
+    def shared(self, cpu_at_start: dict[str, float], window_s: float) -> dict[str, Any]:
+        """The servers' share of a core in the window, and how many cores the whole machine
+        kept busy (other engineers' work included: the noise of a figure)."""
+        now = self.cpu()
+        pids = server_pids()
+        restarted = sorted(n for n, pid in pids.items() if self.server_pids.get(n) != pid)
+        servers = {
+            name: round((now[key] - cpu_at_start[key]) / window_s, 2)
+            for key in now
+            if key.startswith("server ")
+            and key in cpu_at_start
+            and (name := key.removeprefix("server ")) not in restarted
+        }
+        busy = (now["machine"] - cpu_at_start["machine"]) / window_s
+        return {
+            "server_core_shares_in_window": servers,
+            "machine_busy_cores_in_window": round(busy, 2),
+            # Someone's fault test restarted a shared server during the phase: its figures
+            # measure that outage, not the pipeline.
+            "servers_restarted": restarted,
+        }
 
     def exited(self) -> list[str]:
         return [f"{n} (exit {p.returncode})" for n, (p, _) in self.procs.items() if p.poll()]
@@ -147,6 +177,40 @@ class Stack:
                 proc.terminate()
         for proc, _ in self.procs.values():
             stop(proc)
+
+
+SERVERS = ("kafka", "elasticsearch", "mariadb", "kube-apiserver", "etcd")
+
+
+def server_pids() -> dict[str, int]:
+    """The stack's servers this pipeline uses (stack/*.sh write their pids)."""
+    out = {}
+    for name in SERVERS:
+        try:
+            out[name] = int((ROOT / ".stack" / "run" / f"{name}.pid").read_text())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its descendants (Elasticsearch's pid is its launcher's)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += cpu_seconds(current)
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def machine_busy_seconds() -> float:
+    """Busy CPU seconds of all cores since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def pipelines_config(path: Path, es_url: str, ids: dict[str, str], index: str, db_url: str) -> None:
@@ -261,6 +325,7 @@ def throughput(
             time.sleep(POLL_S)
         end = max(done.values()) if len(done) == 3 else math.nan
         processes = stack.figures(cpu_at_first, end - first)
+        shared = stack.shared(cpu_at_first, end - first) if cpu_at_first else {}
         problems = stack.exited()
     finally:
         stack.stop()
@@ -281,7 +346,11 @@ def throughput(
         "core_finished_events_per_s": figure(per_s(counted, done["core"] - first)),
         "seconds": round(end - first, 2),
         "processes": processes,
+        **shared,
     }
+    for p in processes.values():  # what one event costs each process
+        if "cpu_s_in_window" in p and counted > 0:
+            p["cpu_us_per_event"] = round(p["cpu_s_in_window"] / counted * 1e6)
     result.update(check_destinations(es_url, index, sink_db, expected, {"es": None, "sql": ""}))
     print(f"(a) end to end: {result['e2e_events_per_s']} events/s", flush=True)
 
@@ -308,12 +377,15 @@ def throughput(
 # ---------------------------------------------------------------------------------- (b) latency
 
 
+Finder = Callable[[list[str]], set[str]]  # the uids a destination holds, of those asked
+
+
 class Poller(threading.Thread):
     """Finds when each generated event becomes visible in one destination: every ``interval``
     it asks for all the uids not seen yet and stamps the ones found with the query's send
     time."""
 
-    def __init__(self, name: str, find: Any, interval: float):
+    def __init__(self, name: str, find: Finder, interval: float):
         super().__init__(name=f"poll-{name}", daemon=True)
         self.find, self.interval = find, interval
         self.pending: set[str] = set()
@@ -351,7 +423,7 @@ class Poller(threading.Thread):
             self.stopping.wait(max(0.0, tick + self.interval - time.time()))
 
 
-def es_finder(es_url: str, index: str) -> Any:
+def es_finder(es_url: str, index: str) -> Finder:
     es = Elasticsearch(es_url, request_timeout=10)
 
     def find(uids: list[str]) -> set[str]:
@@ -368,7 +440,7 @@ def es_finder(es_url: str, index: str) -> Any:
     return find
 
 
-def mysql_finder(db_url: str) -> Any:
+def mysql_finder(db_url: str) -> Finder:
     # Autocommit: each query sees what is committed now, not a transaction's old snapshot.
     engine = sa.create_engine(db_url, isolation_level="AUTOCOMMIT", pool_size=1)
     query = sa.text("SELECT uid FROM k8s_events WHERE uid IN :uids").bindparams(
@@ -395,7 +467,7 @@ class Generator:
         self.failed = 0
         self.lock = threading.Lock()
 
-    def one(self, i: int, due: float, on_created: Any) -> None:
+    def one(self, i: int, due: float, on_created: Callable[[str], None]) -> None:
         sent = time.time()
         obj = self.objects[i % len(self.objects)]
         stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -434,7 +506,7 @@ class Generator:
             self.late_s.append(sent - due)
         on_created(uid)
 
-    def run(self, rate: float, duration_s: float, on_created: Any) -> None:
+    def run(self, rate: float, duration_s: float, on_created: Callable[[str], None]) -> None:
         total = round(rate * duration_s)
         start_at = time.time() + 0.1
         for i in range(total):
@@ -510,6 +582,7 @@ def latency(args: argparse.Namespace, tag: str, env: dict[str, str], work: Path)
             time.sleep(0.2)
         window_s = time.time() - t0
         processes = stack.figures(cpu_at_start, window_s)
+        shared = stack.shared(cpu_at_start, window_s)
         exited = stack.exited()
     finally:
         for poller in pollers.values():
@@ -557,6 +630,7 @@ def latency(args: argparse.Namespace, tag: str, env: dict[str, str], work: Path)
         n=len(created),
     )
     result["processes"] = processes
+    result.update(shared)
     result["exited"] = exited
     result.update(
         check_destinations(
@@ -747,10 +821,7 @@ def delete_topics(brokers: str, tag: str) -> None:
         finally:
             await admin.close()
 
-    try:
-        asyncio.run(go())
-    except Exception as exc:  # cleanup only: report and go on
-        print(f"could not delete the run's topics: {exc}")
+    asyncio.run(go())
 
 
 def report(summary: dict[str, Any]) -> None:
@@ -780,8 +851,20 @@ def report(summary: dict[str, Any]) -> None:
             )
         )
     for phase, data in (("a", a), ("b", b)):
-        for name, p in (data or {}).get("processes", {}).items():
+        if not data:
+            continue
+        for name, p in data["processes"].items():
             print(f"({phase}) {name}: {json.dumps(p)}")
+        print(
+            f"({phase}) busiest process: {data['limit']}; the machine kept"
+            f" {data.get('machine_busy_cores_in_window')} cores busy; servers' core shares:"
+            f" {json.dumps(data.get('server_core_shares_in_window'))}"
+        )
+        if data.get("servers_restarted"):
+            print(
+                f"({phase}) NOT A MEASUREMENT: {', '.join(data['servers_restarted'])} restarted"
+                " during the phase (someone's fault test): run it again"
+            )
 
 
 def main() -> None:
@@ -820,12 +903,17 @@ def main() -> None:
             if not b["exact"] or any(b["never_visible"].values()):
                 failures.append(f"(b) events missing: {b['never_visible']}, exact {b['exact']}")
     finally:
-        drop_databases(env["mysql_url"], dbs)
-        delete_indices(
-            env["es_url"],
-            [f"bench-e2e-{tag}-{p}" for p in ("a-sink", "a-bare", "b-sink")],
-        )
-        delete_topics(env["brokers"], tag)
+        prefixes = [f"bench-e2e-{tag}-{p}" for p in ("a-sink", "a-bare", "b-sink")]
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("databases", lambda: drop_databases(env["mysql_url"], dbs)),
+            ("indices", lambda: delete_indices(env["es_url"], prefixes)),
+            ("topics", lambda: delete_topics(env["brokers"], tag)),
+        ]
+        for what, clean in steps:
+            try:
+                clean()
+            except Exception as exc:  # a server down: say what is left behind, clean the rest
+                print(f"bench.e2e: could not delete the run's {what} (tag {tag}): {exc}")
     report(summary)
     print(json.dumps(summary, indent=2), flush=True)
     if failures:
