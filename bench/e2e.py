@@ -519,9 +519,7 @@ class Generator:
 
 
 def latency(args: argparse.Namespace, tag: str, env: dict[str, str], work: Path) -> dict[str, Any]:
-    brokers, es_url, mysql_url = env["brokers"], env["es_url"], env["mysql_url"]
-    stack = Stack(tag, "b", work / "b.yaml", work / "data-b")
-    raw, enriched = stack.env["KUBEVENTS_TOPICS_RAW"], stack.env["KUBEVENTS_TOPICS_ENRICHED"]
+    """(b) in a fresh namespace, deleted afterwards whatever happened."""
     ns = f"bench-e2e-{tag}"
     client = KubeClient.from_settings(KubernetesSettings(qps=5000, burst=5000))
     client.send_json(
@@ -529,6 +527,24 @@ def latency(args: argparse.Namespace, tag: str, env: dict[str, str], work: Path)
         "/api/v1/namespaces",
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
     )
+    try:
+        return measure_latency(args, tag, env, work, client=client, ns=ns)
+    finally:
+        client.request("DELETE", f"/api/v1/namespaces/{ns}")
+
+
+def measure_latency(
+    args: argparse.Namespace,
+    tag: str,
+    env: dict[str, str],
+    work: Path,
+    *,
+    client: KubeClient,
+    ns: str,
+) -> dict[str, Any]:
+    brokers, es_url, mysql_url = env["brokers"], env["es_url"], env["mysql_url"]
+    stack = Stack(tag, "b", work / "b.yaml", work / "data-b")
+    raw, enriched = stack.env["KUBEVENTS_TOPICS_RAW"], stack.env["KUBEVENTS_TOPICS_ENRICHED"]
     # The events' involved objects exist, so the core's owner lookups find them (and cache them).
     objects = [f"cm-{i}" for i in range(20)]
     for name in objects:
@@ -642,7 +658,6 @@ def latency(args: argparse.Namespace, tag: str, env: dict[str, str], work: Path)
         )
     )
     result["limit"] = busiest(processes)
-    client.request("DELETE", f"/api/v1/namespaces/{ns}")
     return result
 
 
