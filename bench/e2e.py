@@ -355,6 +355,23 @@ def throughput(
     for p in processes.values():  # what one event costs each process
         if "cpu_s_in_window" in p and counted > 0:
             p["cpu_us_per_event"] = round(p["cpu_s_in_window"] / counted * 1e6)
+    if shared and counted > 0:
+        # What one event costs in CPU, the servers it goes through included (their figure also
+        # holds whatever else used them meanwhile: an upper bound), and the rate the machine's
+        # cores could carry at that cost if the pipeline had them to itself: an estimate of
+        # what the figure would be on an idle machine, the work spread perfectly.
+        servers = {
+            name: round(share * (end - first) / counted * 1e6)
+            for name, share in shared["server_core_shares_in_window"].items()
+            if name in ("kafka", "elasticsearch", "mariadb")
+        }
+        ours = sum(p.get("cpu_us_per_event", 0) for p in processes.values())
+        result["kubevents_cpu_us_per_event"] = ours
+        result["server_cpu_us_per_event"] = servers
+        total = ours + sum(servers.values())
+        result["cpu_ceiling_events_per_s"] = (
+            round((os.cpu_count() or 1) * 1e6 / total) if total else None
+        )
     result.update(check_destinations(es_url, index, sink_db, expected, {"es": None, "sql": ""}))
     print(f"(a) end to end: {result['e2e_events_per_s']} events/s", flush=True)
 
@@ -869,7 +886,10 @@ def report(summary: dict[str, Any]) -> None:
             f" MySQL at {a['mysql_finished_events_per_s']}, core at"
             f" {a['core_finished_events_per_s']}); bare: decode {bare['decode_loop']},"
             f" bulk {bare['async_streaming_bulk']}, executemany {bare['executemany']};"
-            f" e2e / slowest bare ({a['slowest_bare_stage']}) = {a['ratio_to_slowest_bare']}"
+            f" e2e / slowest bare ({a['slowest_bare_stage']}) = {a['ratio_to_slowest_bare']};"
+            f" CPU per event: kubevents {a.get('kubevents_cpu_us_per_event')} us, servers"
+            f" {json.dumps(a.get('server_cpu_us_per_event'))} us; at that cost the cores carry"
+            f" {a.get('cpu_ceiling_events_per_s')} events/s"
         )
     if b:
         lat = b["latency_s"]
