@@ -926,7 +926,12 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000, help="(a) raw envelopes")
     parser.add_argument("--rate", type=float, default=300, help="(b) events/s offered")
     parser.add_argument("--duration", type=float, default=60, help="(b) seconds of load")
-    parser.add_argument("--threads", type=int, default=8, help="(b) generator threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=32,
+        help="(b) creates in flight (each waits on the API server)",
+    )
     parser.add_argument("--poll-ms", type=int, default=100, help="(b) visibility polling")
     parser.add_argument("--drain-s", type=float, default=60, help="(b) wait for the last ones")
     parser.add_argument("--only", choices=["throughput", "latency"])
