@@ -40,6 +40,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -973,6 +974,7 @@ def main() -> None:
             ("databases", lambda: drop_databases(env["mysql_url"], dbs)),
             ("indices", lambda: delete_indices(env["es_url"], prefixes)),
             ("topics", lambda: delete_topics(env["brokers"], tag)),
+            ("work directory", lambda: shutil.rmtree(work)),
         ]
         for what, clean in steps:
             try:
