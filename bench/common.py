@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,21 +73,28 @@ async def create_log_append_time_topic(brokers: str, topic: str, partitions: int
     await create_topic(brokers, topic, partitions, {"message.timestamp.type": "LogAppendTime"})
 
 
-async def append_times(brokers: str, topic: str, n: int, timeout_s: float = 120) -> list[int]:
-    """The broker append time (ms) of each of the first n records of the topic."""
+async def read_records(
+    brokers: str, topic: str, n: int, timeout_s: float = 120
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """The first n records of the topic (fewer if the time runs out), read from the start."""
     consumer = AIOKafkaConsumer(
         topic, bootstrap_servers=brokers, auto_offset_reset="earliest", group_id=None
     )
     await consumer.start()
-    out: list[int] = []
+    out: list[ConsumerRecord[bytes, bytes]] = []
     try:
         deadline = time.monotonic() + timeout_s
         while len(out) < n and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
-            out.extend(m.timestamp for msgs in batch.values() for m in msgs)
+            out.extend(m for msgs in batch.values() for m in msgs)
     finally:
         await consumer.stop()
     return out
+
+
+async def append_times(brokers: str, topic: str, n: int, timeout_s: float = 120) -> list[int]:
+    """The broker append time (ms) of each of the first n records of the topic."""
+    return [m.timestamp for m in await read_records(brokers, topic, n, timeout_s)]
 
 
 def steady_rate(times: list[float], unit_s: float = 0.001) -> float:
@@ -199,3 +206,75 @@ def wait_metric_progress(
         time.sleep(interval_s)
     nan = float("nan")
     return Progress(first if first is not None else nan, first_value, nan, nan, peak)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    """SIGTERM, then SIGKILL if the process has not exited after ``timeout_s``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 120) -> bool:
+    """Poll a kubevents process's /readyz until it answers 200 (False: it exited or the time
+    ran out)."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def create_databases(mysql_url: str, names: list[str]) -> dict[str, str]:
+    """Fresh utf8mb4 databases on the MySQL server of ``mysql_url``: name -> their URL."""
+    import sqlalchemy as sa
+
+    base = sa.engine.make_url(mysql_url)
+    admin = sa.create_engine(base.set(database=""))
+    try:
+        with admin.begin() as conn:
+            for name in names:
+                conn.execute(sa.text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+    finally:
+        admin.dispose()
+    return {n: base.set(database=n).render_as_string(hide_password=False) for n in names}
+
+
+def drop_databases(mysql_url: str, names: list[str]) -> None:
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(sa.engine.make_url(mysql_url).set(database=""))
+    try:
+        with admin.begin() as conn:
+            for name in names:
+                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+    finally:
+        admin.dispose()
+
+
+def delete_indices(es_url: str, prefixes: list[str]) -> None:
+    """Remove the daily indices ``<prefix>-*`` and the index template of each sink index
+    ``prefix`` (only names the benchmark made: others' indices are never touched)."""
+    from elasticsearch import Elasticsearch
+
+    from app.sinks.elasticsearch import template_name
+
+    es = Elasticsearch(es_url, request_timeout=60)
+    try:
+        for prefix in prefixes:
+            for name in es.indices.get(index=f"{prefix}-*", ignore_unavailable=True).body:
+                es.options(ignore_status=404).indices.delete(index=name)
+            es.options(ignore_status=404).indices.delete_index_template(name=template_name(prefix))
+    finally:
+        es.close()

@@ -54,7 +54,7 @@ from bench.common import (
 
 def make_messages(m: int) -> list[tuple[bytes, bytes]]:
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    out = []
+    out: list[tuple[bytes, bytes]] = []
     i = 0
     while len(out) < m:
         versions = 2 if i % 5 == 0 else 1

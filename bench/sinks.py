@@ -25,7 +25,6 @@ import asyncio
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 import uuid
@@ -41,9 +40,18 @@ from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_streaming_bulk
 
 from app.settings import ElasticsearchSinkSettings, TopicSettings
-from app.sinks.elasticsearch import ElasticsearchSink, build_action, template_name
+from app.sinks.elasticsearch import ElasticsearchSink, build_action
 from app.sinks.mysql_rows import chunks, events_table, to_row, upsert
-from bench.common import cpu_seconds, create_topic, free_port, start, wait_metric_progress
+from bench.common import (
+    cpu_seconds,
+    create_databases,
+    create_topic,
+    delete_indices,
+    drop_databases,
+    free_port,
+    start,
+    wait_metric_progress,
+)
 
 
 def make_events(n: int) -> list[dict[str, Any]]:
@@ -179,7 +187,7 @@ def main() -> None:
     args = parser.parse_args()
     brokers = os.environ["KUBEVENTS_KAFKA_BROKERS"]
     es_url = os.environ["KUBEVENTS_ELASTICSEARCH_URL"]
-    mysql_base = sa.engine.make_url(os.environ["KUBEVENTS_MYSQL_URL"])
+    mysql_url = os.environ["KUBEVENTS_MYSQL_URL"]
     tag = uuid.uuid4().hex[:6]
     topic = f"bench-{tag}-events"
     events = make_events(args.events)
@@ -191,14 +199,8 @@ def main() -> None:
         "KUBEVENTS_TOPICS_ENRICHED": topic,
         "KUBEVENTS_TOPICS_DLQ": f"bench-{tag}-dlq",
     }
-    admin = sa.create_engine(mysql_base.set(database=""))
     databases = [f"bench_{tag}_bare", f"bench_{tag}_sink"]
-    with admin.begin() as conn:
-        for db in databases:
-            conn.execute(sa.text(f"CREATE DATABASE {db} CHARACTER SET utf8mb4"))
-    url_of = {
-        db: mysql_base.set(database=db).render_as_string(hide_password=False) for db in databases
-    }
+    url_of = create_databases(mysql_url, databases)
     config = Path(tempfile.mkdtemp()) / "pipelines.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -222,7 +224,6 @@ def main() -> None:
     )
     unique = len({e["uid"] for e in events})
     results: dict[str, Any] = {"events": len(events), "unique_events": unique}
-    es = None
     try:
         if args.only in (None, "elasticsearch"):
             bare = asyncio.run(bare_elasticsearch(es_url, f"bench-{tag}-bare", events))
@@ -237,14 +238,14 @@ def main() -> None:
             }
             from elasticsearch import Elasticsearch
 
-            es = Elasticsearch(es_url, request_timeout=60)
-            es.indices.refresh(index=f"bench-{tag}-sink")
-            docs = es.count(index=f"bench-{tag}-sink")["count"]
+            with Elasticsearch(es_url, request_timeout=60) as es:
+                es.indices.refresh(index=f"bench-{tag}-sink")
+                docs = es.count(index=f"bench-{tag}-sink")["count"]
             results["elasticsearch"]["documents"] = docs
             if docs != unique:
                 raise SystemExit(f"bench.sinks: {docs} documents, expected {unique}")
         if args.only in (None, "mysql"):
-            asyncio.run(_migrate(url_of[databases[0]]))
+            asyncio.run(migrate_mysql(url_of[databases[0]]))
             bare = bare_mysql(url_of[databases[0]], events)
             rate, wall, rss, cpu = run_pipeline(config, f"bench-mysql-{tag}", names, len(events))
             with sa.create_engine(url_of[databases[1]]).connect() as conn:
@@ -262,19 +263,12 @@ def main() -> None:
                 raise SystemExit(f"bench.sinks: {rows} rows, expected {unique}")
     finally:
         print(json.dumps(results, indent=2), flush=True)
-        with admin.begin() as conn:
-            for db in databases:
-                conn.execute(sa.text(f"DROP DATABASE IF EXISTS {db}"))
-        if es is not None:
-            for prefix in (f"bench-{tag}-sink", f"bench-{tag}-bare"):
-                for name in es.indices.get(index=f"{prefix}-*", ignore_unavailable=True).body:
-                    es.options(ignore_status=404).indices.delete(index=name)
-                es.options(ignore_status=404).indices.delete_index_template(
-                    name=template_name(prefix)
-                )
+        drop_databases(mysql_url, databases)
+        if args.only in (None, "elasticsearch"):
+            delete_indices(es_url, [f"bench-{tag}-sink", f"bench-{tag}-bare"])
 
 
-async def _migrate(url: str) -> None:
+async def migrate_mysql(url: str) -> None:
     """The bare database gets the sink's own schema (its start migrates it)."""
     from app.settings import MySQLSinkSettings
     from app.sinks.mysql import MySQLSink
@@ -285,4 +279,4 @@ async def _migrate(url: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -13,7 +13,7 @@ from typing import Any
 from tests.integration.conftest import ROOT
 
 
-def run_bench(module: str, *args: str) -> tuple[str, dict[str, Any]]:
+def run_bench(module: str, *args: str, timeout: float = 240) -> tuple[str, dict[str, Any]]:
     """Runs ``python -m MODULE ARGS``; (its output, the JSON summary it prints last)."""
     result = subprocess.run(
         [sys.executable, "-m", module, *args],
@@ -21,7 +21,7 @@ def run_bench(module: str, *args: str) -> tuple[str, dict[str, Any]]:
         env=os.environ.copy(),
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=timeout,
         check=False,
     )
     out = result.stdout
@@ -80,3 +80,42 @@ def test_bench_sinks_runs_and_every_document_and_row_is_written() -> None:
     assert summary["mysql"]["rows"] == unique
     for sink in ("elasticsearch", "mysql"):
         assert "ratio" in summary[sink] and summary[sink]["pipeline_peak_rss_mib"] > 0
+
+
+def test_bench_e2e_runs_and_both_sinks_hold_exactly_the_events() -> None:
+    """bench.e2e runs the core and both sink workers on a preloaded raw topic, the bare stages on
+    the same records, then the producer, core and sinks under a paced generator of real Events
+    (a few seconds at a low rate here)."""
+    events, rate, duration = 400, 20, 3
+    out, summary = run_bench(
+        "bench.e2e",
+        "--events",
+        str(events),
+        "--rate",
+        str(rate),
+        "--duration",
+        str(duration),
+        timeout=420,
+    )
+    for header in ("command: ", "machine: ", "versions: "):
+        assert header in out, header
+    assert summary["machine"]["cores"] > 0 and summary["versions"]["kafka"] != "unknown"
+    a = summary["throughput"]
+    assert a["raw_envelopes"] == events and 0 < a["events"] < events  # some with two versions
+    # Each event once in each destination, with its final count (the sums of counts agree).
+    assert a["elasticsearch_documents"] == a["mysql_rows"] == a["events"]
+    assert a["elasticsearch_count_sum"] == a["mysql_count_sum"] == events
+    assert set(a["bare_events_per_s"]) == {"decode_loop", "async_streaming_bulk", "executemany"}
+    for figure in ("e2e_events_per_s", "ratio_to_slowest_bare", "slowest_bare_stage"):
+        assert figure in a, figure
+    assert set(a["processes"]) == {"core", "sink-es", "sink-mysql"}
+    b = summary["latency"]
+    assert b["created"] == rate * duration and b["create_failures"] == 0
+    assert b["elasticsearch_documents"] == b["mysql_rows"] == b["created"]
+    assert b["never_visible"] == {"elasticsearch": 0, "mysql": 0}
+    for sink in ("elasticsearch_searchable", "mysql_present", "both"):
+        assert b["latency_s"][sink]["n"] == b["created"], sink
+        assert {"p50", "p95", "p99"} <= set(b["latency_s"][sink]), sink
+    assert set(b["processes"]) == {"producer", "core", "sink-es", "sink-mysql"}
+    for p in [*a["processes"].values(), *b["processes"].values()]:
+        assert p["peak_rss_mib"] > 0 and p["cpu_s"] > 0
