@@ -9,14 +9,14 @@ TIMED := scripts/timed
 .PHONY: help venv stack stack-down stack-status lint typecheck unit integration test mutants demo lock bench clean
 
 help:
-	@echo "make demo        bring the stack up and run the pipeline on a live cluster"
+	@echo "make demo        bring the stack up and run the whole job on a live cluster (ONCE=1: one round)"
 	@echo "make test        lint, type-check and run every test against the real stack"
 	@echo "make stack       start Kafka, Elasticsearch 8 and 9, MariaDB and Kubernetes (first run builds)"
 	@echo "                 KAFKA_BROKERS=3: also a 3-node KRaft cluster (RF 3, min ISR 2) beside them"
 	@echo "make stack-down  stop them (the 3-node cluster too, if it runs)"
 	@echo "make stack-status  one line per server: ready, starting or stopped"
 	@echo "make mutants     the mutation gate: broken copies of the code that the tests must catch"
-	@echo "make bench       run the benchmark scripts (producer, core, sinks)"
+	@echo "make bench       run the benchmark scripts (producer, core, sinks, e2e; see BENCHMARKS.md)"
 	@echo "make lock        re-pin requirements.lock from pyproject.toml"
 
 $(STAMP): requirements.lock pyproject.toml
@@ -84,7 +84,7 @@ demo: venv stack
 	@bash -c 'source .stack/env && $(PY) -m scripts.demo $(if $(filter 1 yes true,$(ONCE)),--once) $(if $(filter 1 yes true,$(ISOLATED)),--isolated)'
 
 bench: venv stack
-	@bash -c 'source .stack/env && $(PY) -m bench.producer && $(PY) -m bench.core && $(PY) -m bench.sinks'
+	@bash -c 'source .stack/env && $(PY) -m bench.producer && $(PY) -m bench.core && $(PY) -m bench.sinks && $(PY) -m bench.e2e'
 
 lock:
 	@test -x $(VENV)/bin/uv || (python3 -m venv $(VENV) && $(VENV)/bin/pip install -q uv==0.9.30)

@@ -361,23 +361,9 @@ class System:
         """Records on the topic the process reads (all partitions)."""
         import asyncio
 
-        from aiokafka import AIOKafkaConsumer, TopicPartition
+        from bench.common import topic_size
 
-        async def run() -> int:
-            topic = self.names[self.topics[name]]
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.brokers)
-            await consumer.start()
-            try:
-                parts = consumer.partitions_for_topic(topic) or set()
-                if not parts:
-                    await consumer._client.force_metadata_update()
-                    parts = consumer.partitions_for_topic(topic) or set()
-                ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-                return sum(ends.values())
-            finally:
-                await consumer.stop()
-
-        return asyncio.run(run())
+        return asyncio.run(topic_size(self.brokers, self.names[self.topics[name]]))
 
     def leader(self) -> str:
         lease = k8s.CoordinationV1Api(self.api).read_namespaced_lease(
