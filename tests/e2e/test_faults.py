@@ -25,7 +25,7 @@ What proves "in flight", per fault:
   open on them), and its watch broken and started again (its metrics).
 
 It stops and starts the stack's shared servers: run it alone on a stack (``make test`` runs it in
-the serial phase, after the parallel one)."""
+its second phase, with the other tests marked alone)."""
 
 from __future__ import annotations
 
