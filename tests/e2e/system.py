@@ -25,6 +25,7 @@ import yaml
 from elasticsearch import Elasticsearch
 from kubernetes import client as k8s
 
+from bench.common import create_databases, drop_databases
 from tests.integration.conftest import (
     Proc,
     committed,
@@ -245,12 +246,9 @@ class System:
         self.es_url = need_env("KUBEVENTS_ELASTICSEARCH_URL")
         self.es = Elasticsearch(self.es_url, request_timeout=30)
         self.index = f"e2e-{tag}"
-        base = sa.engine.make_url(need_env("KUBEVENTS_MYSQL_URL"))
+        self.server_url = need_env("KUBEVENTS_MYSQL_URL")
         self.database = f"kv_e2e_{tag}"
-        self.admin = sa.create_engine(base.set(database=""), pool_pre_ping=True)
-        with self.admin.begin() as conn:
-            conn.execute(sa.text(f"CREATE DATABASE {self.database} CHARACTER SET utf8mb4"))
-        self.mysql_url = base.set(database=self.database).render_as_string(hide_password=False)
+        [self.mysql_url] = create_databases(self.server_url, [self.database]).values()
         self.mysql = sa.create_engine(self.mysql_url, pool_pre_ping=True)
         common = {"batch_delay_ms": 100, "retry_initial_ms": 200, "retry_max_ms": 2000}
         self.config = tmp / "kubevents.yaml"
@@ -420,9 +418,8 @@ class System:
             )
         self.es.close()
         self.mysql.dispose()
-        with contextlib.suppress(Exception), self.admin.begin() as conn:
-            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {self.database}"))
-        self.admin.dispose()
+        with contextlib.suppress(Exception):
+            drop_databases(self.server_url, [self.database])
 
     # -- what each side holds ----------------------------------------------------------------
 
