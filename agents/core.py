@@ -159,6 +159,13 @@ def register(app: Any, settings: Settings, http: HttpServer) -> None:
     counts_api.register(app, settings, counts.windows, http)
     core = Core(app, settings, seen, counts)
     raw = bytes_topic(app, settings.topics.raw)
-    loop = BatchLoop(app, raw, core, name="core", batch_size=settings.worker.batch_size)
+    loop = BatchLoop(
+        app,
+        raw,
+        core,
+        name="core",
+        batch_size=settings.worker.batch_size,
+        stall_warning_s=settings.worker.stall_warning_s,
+    )
     loop.register()
     http.add_check(loop.check)

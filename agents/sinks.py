@@ -53,6 +53,7 @@ def register(app: Any, settings: Settings, http: HttpServer, pipeline: PipelineS
         batch_size=pipeline.batch_size,
         linger_ms=pipeline.batch_delay_ms,
         linger_records=pipeline.batch_size,
+        stall_warning_s=settings.worker.stall_warning_s,
     )
     loop.register()
     http.add_check(loop.check)

@@ -161,6 +161,12 @@ class WorkerSettings(BaseModel):
         description="Most raw records processed (and their outputs published) together; a batch"
         " is what one fetch brought, so nothing waits for a batch to fill.",
     )
+    stall_warning_s: float = Field(
+        30.0,
+        gt=0,
+        description="A pipeline owning unread records that hands no batch over for this long"
+        " logs a warning with its consumer's state (and kubevents_pipeline_stalled_seconds), s.",
+    )
 
 
 class CoreSettings(BaseModel):

@@ -40,6 +40,7 @@ from prometheus_client import Counter
 
 from app.testing import faults
 from app.worker import faust_fixes
+from app.worker.stall import StallWatch
 
 log = logging.getLogger("kubevents.batch_loop")
 
@@ -79,6 +80,7 @@ class BatchLoop:
         batch_size: int,
         linger_ms: float = 0,
         linger_records: int = 0,
+        stall_warning_s: float = 30.0,
     ):
         self.app, self.topic, self.handler, self.name = app, topic, handler, name
         self.batch_size, self.linger_ms, self.linger_records = batch_size, linger_ms, linger_records
@@ -86,6 +88,7 @@ class BatchLoop:
         self._next: list[Any] | None = None  # a batch of another generation, met while lingering
         self._stale = STALE.labels(name)
         self._running = False
+        self.watch = StallWatch(app, topic.get_topic_name(), name, stall_warning_s)
 
     def check(self) -> tuple[bool, str]:
         """For /readyz: ready once the handler started (after the tables' recovery)."""
@@ -101,6 +104,12 @@ class BatchLoop:
         faust_fixes.deliver_in_batches(self.topic.get_topic_name(), self.queue.put, self.batch_size)
         self.app.task(self.run)
 
+        # Every 5 s: a worker owning unread records that hands nothing over says so (stall.py).
+        async def watch_for_stalls() -> None:
+            self.watch.check()
+
+        self.app.timer(5.0)(watch_for_stalls)
+
     def current(self, message: Any) -> bool:
         return current_generation(self.app, message)
 
@@ -110,6 +119,7 @@ class BatchLoop:
             batch, self._next = self._next, None
         else:
             batch = await self.queue.get()
+        self.watch.progress()
         if not (self.linger_ms or self.linger_records):
             return batch
         limit = self.linger_records or self.batch_size
@@ -147,6 +157,7 @@ class BatchLoop:
                     self._stale.inc(len(messages))
                     continue
                 await self.handler.handle(messages)
+                self.watch.progress()
                 for message in messages:
                     self.app.consumer.ack(message)  # lets Faust commit up to it
         except Exception as exc:

@@ -45,7 +45,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from kubernetes import client as k8s
 
 from tests.e2e.system import Check, System, metric_sum, metrics, readyz
-from tests.integration.conftest import LOGS, consume, need_env, stack_ctl
+from tests.integration.conftest import LOGS, consume, keep_logs_of_failure, need_env, stack_ctl
 from tests.integration.test_kafka_cluster import (
     NODES,
     cluster_ctl,
@@ -76,13 +76,18 @@ class Row:
 
 @pytest.fixture()
 def system(
-    brokers: str, api: k8s.ApiClient, names: dict[str, str], tmp_path: Path
+    request: pytest.FixtureRequest,
+    brokers: str,
+    api: k8s.ApiClient,
+    names: dict[str, str],
+    tmp_path: Path,
 ) -> Iterator[System]:
     made = System(need_env("KUBEVENTS_TEST_KAFKA_CLUSTER"), api, names, tmp_path)
     try:
         yield made
     finally:
         made.stop()
+        keep_logs_of_failure(request.node, list(made.procs.values()))
         for server in ("elasticsearch", "mariadb"):  # whatever happened, they are up again
             stack_ctl(server, "start")
             stack_ctl(server, "wait")

@@ -25,6 +25,9 @@ from kubernetes import config as k8s_config
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGS = ROOT / ".stack" / "logs" / "tests"
+# The logs of a failed test's processes are copied here, outside the checkout: CI runs on a clone
+# it deletes afterwards, and a failure that shows once in many runs must leave its evidence.
+KEPT_LOGS = Path(os.environ.get("KUBEVENTS_TEST_FAILED_LOGS", "/tmp/kubevents-failed-tests"))
 
 
 def need_env(name: str) -> str:
@@ -143,12 +146,32 @@ def kafka_ctl(action: str) -> None:
     stack_ctl("kafka", action)
 
 
+def keep_logs_of_failure(item: pytest.Item, started: list[Proc]) -> None:
+    """When the test failed: print the tail of each process's log (the warnings first) into the
+    report and copy the whole logs to KEPT_LOGS/<time>-<test>/."""
+    report = getattr(item, "report_call", None)
+    if report is None or not report.failed or not started:
+        return
+    kept = KEPT_LOGS / f"{time.strftime('%Y%m%dT%H%M%S')}-{item.name}"[:200]
+    kept.mkdir(parents=True, exist_ok=True)
+    for p in started:
+        p.log.flush()
+        text = p.output()
+        (kept / p.log_path.name).write_text(text)
+        lines = text.splitlines()
+        warnings = [line for line in lines if "[WARNING]" in line or "[ERROR]" in line]
+        print(f"\n===== {p.log_path.name} (exit {p.proc.returncode}); kept in {kept}")
+        print("\n".join(["-- warnings and errors (last 30):", *warnings[-30:]]))
+        print("\n".join(["-- last 40 lines:", *lines[-40:]]))
+
+
 @pytest.fixture()
-def procs() -> Iterator[list[Proc]]:
+def procs(request: pytest.FixtureRequest) -> Iterator[list[Proc]]:
     started: list[Proc] = []
     yield started
     for p in started:
         p.kill()
+    keep_logs_of_failure(request.node, started)
 
 
 def wait_http(url: str, timeout: float = 60) -> None:

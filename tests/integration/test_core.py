@@ -532,6 +532,40 @@ def test_workers_joining_and_leaving_under_traffic_lose_nothing_and_count_once(
     assert stale > 0, "no rebalance met records in flight"
 
 
+def test_a_worker_that_hands_nothing_over_with_records_unread_says_so(
+    brokers: str, names: dict[str, str], procs: list[Proc]
+) -> None:
+    """A stuck pipeline must not look idle: with its handler hung (fault point
+    core.before-publish) and records past the committed offsets, the worker logs a warning with
+    its consumer's state and sets kubevents_pipeline_stalled_seconds; an idle worker (nothing
+    unread) does neither."""
+    env = worker_env(names, KUBEVENTS_WORKER_STALL_WARNING_S="3")
+    idle_port = start_worker(procs, env, "core-idle")
+    time.sleep(8)  # more than twice the warning time, with nothing to read
+    assert metric(idle_port, "kubevents_pipeline_stalled_seconds") == 0
+    assert "has handed no batch over" not in procs[0].output()
+    procs[0].stop()
+    port = start_worker(
+        procs, {**env, "KUBEVENTS_FAULTS": "core.before-publish=hang"}, "core-stuck"
+    )
+    produce(
+        brokers,
+        names["KUBEVENTS_TOPICS_RAW"],
+        [raw(event(f"h{i}", 5, 1), "ADDED") for i in range(50)],
+    )
+    wait_metric(port, "kubevents_fault_hits_total", 1)
+    stalled = wait_metric(port, "kubevents_pipeline_stalled_seconds", 3, timeout=30)
+    deadline = time.monotonic() + 30
+    while "has handed no batch over" not in procs[1].output():
+        assert time.monotonic() < deadline, procs[1].output()[-3000:]
+        time.sleep(0.5)
+    line = next(x for x in procs[1].output().splitlines() if "has handed no batch over" in x)
+    assert "[WARNING]" in line and "pipeline core" in line, line
+    for part in ("generation=", "unsought=None", "committed_highwater=", "read_offsets="):
+        assert part in line, line
+    assert stalled >= 3
+
+
 def test_a_raw_topic_with_other_partitions_is_a_clear_error(
     brokers: str, names: dict[str, str], procs: list[Proc]
 ) -> None:
