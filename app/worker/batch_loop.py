@@ -106,7 +106,7 @@ class BatchLoop:
 
         # Every 5 s: a worker owning unread records that hands nothing over says so (stall.py).
         async def watch_for_stalls() -> None:
-            self.watch.check()
+            await self.watch.check()
 
         self.app.timer(5.0)(watch_for_stalls)
 

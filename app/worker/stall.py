@@ -45,27 +45,29 @@ class StallWatch:
         self.last_progress = time.monotonic()
         self._gauge.set(0)
 
-    def unread(self) -> dict[Any, tuple[int | None, int | None]]:
+    async def unread(self) -> dict[Any, tuple[int | None, int | None]]:
         """Owned partitions of the topic with records past their committed offset:
-        partition -> (committed, highwater)."""
+        partition -> (committed, log end offset). The log end offsets are asked of the brokers
+        (the consumer's own highwaters are known only for partitions it fetched from)."""
         consumer = self.app.consumer
+        owned = [tp for tp in consumer.assignment() if tp.topic == self.topic_name]
+        if not owned:
+            return {}
+        ends = await consumer.highwaters(*owned)
         out: dict[Any, tuple[int | None, int | None]] = {}
-        for tp in consumer.assignment():
-            if tp.topic != self.topic_name:
-                continue
-            highwater = consumer.highwater(tp)
-            committed = consumer._committed_offset.get(tp)
-            if highwater is not None and highwater > (committed or 0):
-                out[tp] = (committed, highwater)
+        for tp in owned:
+            end, committed = ends.get(tp), consumer._committed_offset.get(tp)
+            if end is not None and end > (committed or 0):
+                out[tp] = (committed, end)
         return out
 
-    def check(self) -> None:
+    async def check(self) -> None:
         """Called every few seconds by the worker."""
         if self.app.consumer is None:
             return
         now = time.monotonic()
         idle = now - self.last_progress
-        unread = self.unread() if idle >= self.after_s else {}
+        unread = await self.unread() if idle >= self.after_s else {}
         if not unread:
             if idle >= self.after_s:
                 self.last_progress = now  # nothing to read: idle, not stalled
