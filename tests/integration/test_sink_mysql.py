@@ -566,12 +566,11 @@ def tls_start_error(url: str, **options: Any) -> UserError:
 def session_tls(sink: MySQLSink) -> tuple[str, str]:
     """The server's view of the sink's own connection: (Ssl_version, Ssl_cipher)."""
     with engine_of(sink).connect() as conn:
-        status = dict(
-            conn.execute(
-                text("SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')")
-            ).all()
-        )
-    return str(status["Ssl_version"]), str(status["Ssl_cipher"])
+        rows = conn.execute(
+            text("SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')")
+        ).all()
+    status = {str(name): str(value) for name, value in rows}
+    return status["Ssl_version"], status["Ssl_cipher"]
 
 
 def write_two(sink: MySQLSink, database: str) -> None:
