@@ -94,6 +94,10 @@ sql() { mariadb --no-defaults -h127.0.0.1 -P"$PORT" -uroot "$@"; }
 wait_ready() {
   wait_for mariadb "${MARIADB_WAIT_TIMEOUT:-60}" sql -e 'select 1'
   sql -e "CREATE DATABASE IF NOT EXISTS \`$DATABASE\` CHARACTER SET utf8mb4"
+  # A server started by an older version of this script runs on without TLS (start leaves a
+  # running server alone): the TLS tests would fail, so say how to fix it.
+  [[ "$(sql -N -e "SELECT @@have_ssl")" == YES ]] \
+    || log "mariadb: WARNING: running without TLS (started before TLS was added): stack/mariadb.sh stop, then make stack"
   # A plain connection of these users is refused by the server: a test that writes as one of
   # them proves the client used TLS (and, for X509, presented a certificate of the stack's CA).
   local user require
