@@ -3,6 +3,7 @@ the SSLContext PyMySQL is given (tests/integration/test_sink_mysql.py connects w
 
 from __future__ import annotations
 
+import os
 import re
 import ssl
 from pathlib import Path
@@ -118,6 +119,8 @@ def test_a_ca_file_without_a_certificate_is_a_user_error(pem: Path) -> None:
 def test_environment_variables_and_pipeline_overrides(
     monkeypatch: pytest.MonkeyPatch, pem: Path
 ) -> None:
+    for key in [k for k in os.environ if k.startswith("KUBEVENTS_")]:
+        monkeypatch.delenv(key)  # the stack's env would add its own default pipelines
     monkeypatch.setenv("KUBEVENTS_MYSQL_URL", URL)
     monkeypatch.setenv("KUBEVENTS_MYSQL_SSL_CA", str(pem))
     monkeypatch.setenv("KUBEVENTS_MYSQL_SSL_VERIFY_IDENTITY", "false")
