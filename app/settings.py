@@ -282,6 +282,33 @@ class MySQLSinkSettings(BaseModel):
     pool_size: int = Field(2, ge=1, description="Connections kept open.")
     connect_timeout_s: float = Field(10.0, gt=0, description="Connect timeout, seconds.")
     chunk_rows: int = Field(500, ge=1, description="Rows per multi-row upsert statement.")
+    # TLS: PyMySQL's parameter names, the ones users copy from SQLAlchemy URLs (?ssl_ca=...).
+    ssl_mode: Literal["disabled", "preferred", "required"] | None = Field(
+        None,
+        description="TLS to the server: disabled; preferred (TLS when the server offers it,"
+        " unverified, plain otherwise: PyMySQL's own default); required. Unset: required when"
+        " ssl_ca, ssl_cert, ssl_key or a verification is set, else preferred.",
+    )
+    ssl_ca: Path | None = Field(
+        None, description="CA bundle (PEM) that signed the server's certificate; unset: system CAs."
+    )
+    ssl_cert: Path | None = Field(None, description="Client certificate (PEM), mutual TLS.")
+    ssl_key: Path | None = Field(None, description="Client key (PEM) of ssl_cert.")
+    ssl_verify_cert: bool | None = Field(
+        None,
+        description="Check the server's certificate against ssl_ca (or the system CAs)."
+        " Unset: on whenever TLS is required; false encrypts without checking (testing only).",
+    )
+    ssl_verify_identity: bool | None = Field(
+        None,
+        description="Check that the certificate names the URL's host. Unset: as ssl_verify_cert.",
+    )
+
+    @field_validator("ssl_ca", "ssl_cert", "ssl_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # KUBEVENTS_MYSQL_SSL_CA= (empty) means "not set", not Path("") (the current dir).
+        return None if value == "" else value
 
 
 class KafkaSinkSettings(KafkaSettings):

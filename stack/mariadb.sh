@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # MariaDB (Debian's package) as the project's MySQL, on 127.0.0.1:3306, root without password.
+# It serves TLS too, optional for clients (plain connections still work): a throwaway CA signs its
+# certificate, and two users prove TLS is really used, one REQUIRE SSL, one REQUIRE X509 (mutual TLS).
 # Usage: stack/mariadb.sh install|start|wait|stop|status|env
 source "$(dirname "$0")/lib.sh"
 
@@ -7,6 +9,13 @@ PORT=3306
 DATA_DIR="$DATA/mariadb"
 SOCKET="$RUN/mariadb.sock"
 DATABASE=kubevents
+# Outside DATA_DIR, like kafka-tls: wiping the data keeps the certificates.
+TLS_DIR="$STATE/mariadb-tls"
+# Throwaway credentials of a server bound to 127.0.0.1. They may use the tests' databases
+# (kv_test_*) and the stack's own.
+TLS_PASSWORD=kubevents-stack-secret
+SSL_USER=kubevents_ssl
+X509_USER=kubevents_x509
 export PATH="$PATH:/usr/sbin"  # mariadbd lives there; non-login shells may lack it
 
 install() {
@@ -17,6 +26,43 @@ install() {
   # Only refresh the package lists when the install fails without it (it costs ~10 s).
   apt-get install -y -q "${pkgs[@]}" >&2 || { apt-get update -q >&2 && apt-get install -y -q "${pkgs[@]}" >&2; }
 }
+
+# A throwaway CA, a server certificate for 127.0.0.1/localhost and a client certificate, made once
+# (later starts reuse them until a month before they expire), as stack/kafka.sh makes its own.
+make_certs() {
+  local fresh=1 f
+  for f in ca.pem server.pem client.pem; do
+    openssl x509 -checkend 2592000 -noout -in "$TLS_DIR/$f" >/dev/null 2>&1 || fresh=0
+  done
+  [[ -f "$TLS_DIR/server.key" && -f "$TLS_DIR/client.key" ]] || fresh=0
+  ((fresh)) && return 0
+  log "mariadb: generating a throwaway CA and TLS certificates in $TLS_DIR"
+  rm -rf "$TLS_DIR"
+  mkdir -p "$TLS_DIR"
+  (
+    cd "$TLS_DIR"
+    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 -keyout ca.key -out ca.pem \
+      -subj "/CN=kubevents stack MariaDB CA" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign"
+    sign() {  # sign NAME SUBJECT EXTENSIONS
+      openssl req -new -newkey rsa:2048 -nodes -sha256 -keyout "$1.key" -out "$1.csr" -subj "$2"
+      printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+        "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid,issuer" "$3" >"$1.ext"
+      openssl x509 -req -sha256 -days 825 -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial \
+        -extfile "$1.ext" -out "$1.pem"
+      rm -f "$1.csr" "$1.ext"
+    }
+    # Clients check the host name: the certificate must name 127.0.0.1 (SAN, not CN). Only these
+    # two names, so that connecting by another name (the machine's host name) fails the check.
+    sign server "/CN=localhost" $'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth'
+    sign client "/CN=kubevents-client" "extendedKeyUsage=clientAuth"
+    chmod 600 ./*.key
+  ) >>"$LOGS/mariadb.log" 2>&1 || die "mariadb: certificate generation failed (see $LOGS/mariadb.log)"
+}
+
+# The certificates' directory with symbolic links resolved: a worktree whose .stack links to the
+# main checkout's writes paths that outlive the worktree.
+tls_dir() { (cd "$TLS_DIR" 2>/dev/null && pwd -P) || echo "$TLS_DIR"; }
 
 start() {
   install
@@ -30,13 +76,17 @@ start() {
       --auth-root-authentication-method=normal --skip-test-db >>"$LOGS/mariadb.log" 2>&1 \
       || { tail -n 20 "$LOGS/mariadb.log" >&2; rm -rf "$DATA_DIR"; die "mariadb-install-db failed"; }
   fi
+  make_certs
+  local tls; tls="$(tls_dir)"
   # --no-defaults: ignore /etc/mysql; everything the tests rely on is on this command line.
   # Durability knobs are relaxed (flush once a second): test data, and much faster commits.
+  # --ssl-*: TLS offered, not required (require_secure_transport stays off).
   start_bg mariadb mariadbd --no-defaults --datadir="$DATA_DIR" --socket="$SOCKET" \
     --pid-file="$DATA_DIR/mariadbd.pid" --port="$PORT" --bind-address=127.0.0.1 --user="$user" \
     --skip-name-resolve --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci \
     --default-time-zone=+00:00 --innodb-buffer-pool-size=128M \
-    --innodb-flush-log-at-trx-commit=2 --max-connections=200 --skip-log-bin
+    --innodb-flush-log-at-trx-commit=2 --max-connections=200 --skip-log-bin \
+    --ssl-ca="$tls/ca.pem" --ssl-cert="$tls/server.pem" --ssl-key="$tls/server.key"
 }
 
 sql() { mariadb --no-defaults -h127.0.0.1 -P"$PORT" -uroot "$@"; }
@@ -44,6 +94,20 @@ sql() { mariadb --no-defaults -h127.0.0.1 -P"$PORT" -uroot "$@"; }
 wait_ready() {
   wait_for mariadb "${MARIADB_WAIT_TIMEOUT:-60}" sql -e 'select 1'
   sql -e "CREATE DATABASE IF NOT EXISTS \`$DATABASE\` CHARACTER SET utf8mb4"
+  # A server started by an older version of this script runs on without TLS (start leaves a
+  # running server alone): the TLS tests would fail, so say how to fix it.
+  [[ "$(sql -N -e "SELECT @@have_ssl")" == YES ]] \
+    || log "mariadb: WARNING: running without TLS (started before TLS was added): stack/mariadb.sh stop, then make stack"
+  # A plain connection of these users is refused by the server: a test that writes as one of
+  # them proves the client used TLS (and, for X509, presented a certificate of the stack's CA).
+  local user require
+  for user in "$SSL_USER:SSL" "$X509_USER:X509"; do
+    require="${user#*:}" user="${user%%:*}"
+    sql -e "CREATE USER IF NOT EXISTS '$user'@'127.0.0.1' IDENTIFIED BY '$TLS_PASSWORD';
+      ALTER USER '$user'@'127.0.0.1' REQUIRE $require;
+      GRANT ALL PRIVILEGES ON \`kv\\_test\\_%\`.* TO '$user'@'127.0.0.1';
+      GRANT ALL PRIVILEGES ON \`$DATABASE\`.* TO '$user'@'127.0.0.1';"
+  done
 }
 
 case "${1:-}" in
@@ -56,6 +120,13 @@ case "${1:-}" in
       echo "mariadb $(sql -N -e 'select version()'): ready (pid $(cat "$RUN/mariadb.pid"))"
     elif is_running mariadb; then echo "mariadb: starting"
     else echo "mariadb: stopped"; exit 1; fi ;;
-  env) echo "export KUBEVENTS_MYSQL_URL=mysql+pymysql://root@127.0.0.1:$PORT/$DATABASE" ;;
+  env)
+    echo "export KUBEVENTS_MYSQL_URL=mysql+pymysql://root@127.0.0.1:$PORT/$DATABASE"
+    echo "export KUBEVENTS_TEST_MYSQL_SSL_URL=mysql+pymysql://$SSL_USER:$TLS_PASSWORD@127.0.0.1:$PORT/$DATABASE"
+    echo "export KUBEVENTS_TEST_MYSQL_X509_URL=mysql+pymysql://$X509_USER:$TLS_PASSWORD@127.0.0.1:$PORT/$DATABASE"
+    tls="$(tls_dir)"
+    echo "export KUBEVENTS_TEST_MYSQL_CA=$tls/ca.pem"
+    echo "export KUBEVENTS_TEST_MYSQL_CLIENT_CERT=$tls/client.pem"
+    echo "export KUBEVENTS_TEST_MYSQL_CLIENT_KEY=$tls/client.key" ;;
   *) echo "usage: $0 install|start|wait|stop|status|env" >&2; exit 2 ;;
 esac

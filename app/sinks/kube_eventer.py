@@ -68,6 +68,8 @@ _OPTIONS = {"elasticsearch": ES_OPTIONS, "kafka": KAFKA_OPTIONS, "mysql": MYSQL_
 # strconv.ParseBool's spellings.
 _GO_TRUE = {"1", "t", "T", "TRUE", "true", "True"}
 _GO_FALSE = {"0", "f", "F", "FALSE", "false", "False"}
+# go-sql-driver's readBool (utils.go), narrower: "t" is a TLS config's name there, not true.
+_DSN_TRUE, _DSN_FALSE = {"1", "true", "TRUE", "True"}, {"0", "false", "FALSE", "False"}
 # time.ParseDuration's units (micro: u, MICRO SIGN or GREEK MU).
 _UNIT_S = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "\u03bcs": 1e-6, "ms": 1e-3, "s": 1.0}
 _UNIT_S |= {"m": 60.0, "h": 3600.0}
@@ -413,16 +415,9 @@ def _mysql(where: str, rest: str, raw_query: str) -> dict[str, Any]:
             if seconds is None:
                 raise error("the DSN's timeout= is not a positive Go duration such as 10s")
             out["connect_timeout_s"] = seconds
-        elif name == "tls" and value != "false":
-            # The MySQL sink has no TLS settings yet: dropping tls= would send the password in
-            # clear where kube-eventer encrypted it.
-            shown = value if value in ("true", "skip-verify", "preferred") else "<custom>"
-            raise UserError(
-                f"{where}: the DSN's tls={shown} is not"
-                " supported yet: kubevents connects to MySQL without TLS; keep kube-eventer for"
-                " this database until it is"
-            )
-        elif name != "tls":
+        elif name == "tls":
+            out.update(_mysql_tls(where, value))
+        else:
             ignored.append(name)
     if ignored:
         log.warning(
@@ -431,6 +426,28 @@ def _mysql(where: str, rest: str, raw_query: str) -> dict[str, Any]:
             ", ".join(n for n in ignored if _NAME.fullmatch(n)) or "(unreadable)",
         )
     return out
+
+
+def _mysql_tls(where: str, value: str) -> dict[str, Any]:
+    """go-sql-driver's tls= (dsn.go, then Config.normalize) as the MySQL sink's TLS settings, with
+    the same meanings: true verifies the server's certificate and host name against the system
+    CAs; skip-verify encrypts without checking; preferred encrypts when the server offers TLS,
+    unchecked, and falls back to plain; false is plain. Any other value names a tls.Config the
+    program registered in Go, which kube-eventer never does from its flags."""
+    if value in _DSN_TRUE:
+        return {"ssl_mode": "required", "ssl_verify_cert": True}
+    if value in _DSN_FALSE:
+        return {"ssl_mode": "disabled"}
+    if value.lower() == "skip-verify":
+        return {"ssl_mode": "required", "ssl_verify_cert": False}
+    if value.lower() == "preferred":
+        return {"ssl_mode": "preferred"}
+    # A custom name may be anything: never quoted (it could be a pasted secret).
+    raise UserError(
+        f"{where}: the DSN's tls= names a custom TLS config, which kube-eventer cannot register:"
+        " set the MySQL sink's ssl_ca, ssl_cert and ssl_key (KUBEVENTS_MYSQL_SSL_CA/_CERT/_KEY"
+        " or the pipeline's mysql.ssl_*) instead, and drop tls= from the DSN"
+    )
 
 
 def _host_port(addr: str) -> tuple[str, str]:

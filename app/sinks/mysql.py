@@ -9,6 +9,9 @@ The engine is SQLAlchemy's sync one over PyMySQL, called through ``asyncio.to_th
 ``executemany`` turns an upsert into multi-row statements (measured 30-40x faster than row by row),
 the async drivers would be one more dependency for no gain (to_thread measured as fast), and a
 blocking call never stalls the worker's event loop (Kafka heartbeats, the web server).
+
+TLS (disabled, preferred or required, verified against a CA, mutual) is resolved from the settings
+by app/sinks/mysql_tls.py before the engine is built; a TLS failure at start is a UserError.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.errors import Rejected, TransientError, UserError
 from app.settings import MySQLSinkSettings
+from app.sinks import mysql_tls
 from app.sinks.base import Event, Failure
 from app.sinks.mysql_rows import Row, chunks, events_table, newest_per_uid, to_row, upsert
 
@@ -59,6 +63,7 @@ TRANSIENT = frozenset({1040, 1205, 1213, 2003, 2006, 2013})  # too many connecti
 REJECTED = frozenset({1048, 1264, 1292, 1366, 1406, 3140, 4025})  # NULL in NOT NULL, out of
 # range, bad datetime, bad string value, too long, invalid JSON (MySQL), CHECK failed (MariaDB)
 ACCESS_DENIED, NO_DATABASE, NO_DB_ACCESS, NO_TABLE_ACCESS = 1045, 1049, 1044, 1142
+SSL_CONNECTION_ERROR = 2026  # PyMySQL: TLS required and the server offers none
 URL_SETTING = "KUBEVENTS_MYSQL_URL (or the pipeline's mysql.url)"
 
 
@@ -97,15 +102,33 @@ def classify(exc: BaseException) -> TransientError | Rejected | None:
     return None
 
 
-def user_error(exc: BaseException, url: URL) -> UserError | None:
+def user_error(exc: BaseException, url: URL, tls: mysql_tls.TLS | None = None) -> UserError | None:
     """A start-up failure the user must fix, as one line saying what to set."""
     number = error_number(exc)
     where = f"{url.host}:{url.port or 3306}"
     if number == ACCESS_DENIED:
+        # The server says the same to a user created REQUIRE SSL (or X509) who came without TLS
+        # (or without a client certificate): say which settings those need, unless all are set.
+        complete = tls is not None and tls.mode == "required" and tls.cert is not None
         return UserError(
             f"MySQL at {where} refused user {url.username!r} ({server_reason(exc)}): check the user"
             f" and password in {URL_SETTING}"
+            + (
+                ""
+                if complete
+                else "; a user created REQUIRE SSL needs KUBEVENTS_MYSQL_SSL_MODE=required, one"
+                " created REQUIRE X509 also KUBEVENTS_MYSQL_SSL_CERT and KUBEVENTS_MYSQL_SSL_KEY"
+            )
         )
+    if number == SSL_CONNECTION_ERROR:
+        return UserError(
+            f"MySQL at {where} offers no TLS, and the settings require it: enable TLS on the"
+            f" server, or set {mysql_tls.setting('ssl_mode')} to preferred or disabled"
+        )
+    if tls is not None and isinstance(exc, DBAPIError) and exc.orig is not None:
+        mapped = mysql_tls.handshake_error(exc.orig, tls, where)
+        if mapped is not None:
+            return mapped
     if number == NO_DATABASE:
         return UserError(
             f"database {url.database!r} does not exist on {where}: create it (CREATE DATABASE"
@@ -167,7 +190,7 @@ class MySQLSink:
         self._engine: Engine | None = None
 
     async def start(self) -> None:
-        url = sink_url(self.options)
+        url, tls = mysql_tls.resolve(self.options, sink_url(self.options))
         self._engine = create_engine(
             url,
             pool_pre_ping=True,  # a connection the server closed (wait_timeout) is replaced
@@ -177,13 +200,14 @@ class MySQLSink:
                 "connect_timeout": self.options.connect_timeout_s,
                 "charset": "utf8mb4",  # 4-byte characters (emoji) in messages and names
                 "init_command": SESSION_INIT,
+                **mysql_tls.ssl_args(tls),
             },
         )
         try:
             await asyncio.to_thread(self._start, self._engine)
         except BaseException as exc:
             await self.stop()  # a start that is retried builds its engine again
-            mapped = user_error(exc, url) or classify(exc)
+            mapped = user_error(exc, url, tls) or classify(exc)
             if mapped is None:
                 raise
             raise mapped from None

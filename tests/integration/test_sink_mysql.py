@@ -1,5 +1,5 @@
 """The MySQL sink against the stack's real MariaDB: migrations, the rows a known stream leaves
-(redelivered, out of order), one statement per chunk, rejections and start-up errors.
+(redelivered, out of order), one statement per chunk, rejections, start-up errors and TLS.
 
 The server is shared with other engineers: every test works in its own database (kv_test_<8 hex>)
 and drops it at the end; the statement counter read is the sink's own session's.
@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -533,3 +535,156 @@ def test_missing_privileges_are_user_errors(database: str) -> None:
     finally:
         with admin() as conn:
             conn.cursor().execute(f"DROP USER IF EXISTS '{user}'@'127.0.0.1'")
+
+
+# --------------------------------------------------------------------------------------------
+# (f) TLS, against the stack's MariaDB: TLS optional for clients, a CA of the stack's own, and two
+# users the server refuses without TLS (REQUIRE SSL) or without a client certificate of that CA
+# (REQUIRE X509). PyMySQL tries TLS unasked when the server offers it, so a write as the first
+# user alone proves little: each test also shows what the settings change.
+
+
+def tls_url(database: str, user: str = "SSL", host: str = "127.0.0.1") -> str:
+    url = make_url(need_env(f"KUBEVENTS_TEST_MYSQL_{user}_URL"))
+    return url.set(host=host, database=database).render_as_string(hide_password=False)
+
+
+def tls_sink(url: str, **options: Any) -> MySQLSink:
+    return MySQLSink(MySQLSinkSettings(url=SecretStr(url), connect_timeout_s=5, **options))
+
+
+def tls_start_error(url: str, **options: Any) -> UserError:
+    sink = tls_sink(url, **options)
+    with pytest.raises(UserError) as caught:  # never TransientError: retrying cannot help
+        asyncio.run(sink.start())
+    assert sink._engine is None
+    message = str(caught.value)
+    assert "\n" not in message and "kubevents-stack-secret" not in message, message
+    return caught.value
+
+
+def session_tls(sink: MySQLSink) -> tuple[str, str]:
+    """The server's view of the sink's own connection: (Ssl_version, Ssl_cipher)."""
+    with engine_of(sink).connect() as conn:
+        rows = conn.execute(
+            text("SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')")
+        ).all()
+    status = {str(name): str(value) for name, value in rows}
+    return status["Ssl_version"], status["Ssl_cipher"]
+
+
+def write_two(sink: MySQLSink, database: str) -> None:
+    asyncio.run(sink.start())
+    try:
+        assert asyncio.run(sink.write([simple("uid-1", 11), simple("uid-2", 12)])) == []
+    finally:
+        asyncio.run(sink.stop())
+    assert [r["uid"] for r in query(database, f"SELECT uid FROM {TABLE} ORDER BY uid")] == [
+        "uid-1",
+        "uid-2",
+    ]
+
+
+@pytest.fixture()
+def other_ca(tmp_path: Path) -> Path:
+    """A CA that did not sign the server's certificate."""
+    key, ca = tmp_path / "ca.key", tmp_path / "ca.pem"
+    command = [
+        "openssl",
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=other-ca",
+    ]
+    subprocess.run(
+        [*command, "-keyout", str(key), "-out", str(ca)],
+        check=True,
+        capture_output=True,
+    )
+    return ca
+
+
+def test_with_the_ca_the_sink_writes_over_verified_tls(database: str) -> None:
+    sink = tls_sink(tls_url(database), ssl_ca=need_env("KUBEVENTS_TEST_MYSQL_CA"))
+    asyncio.run(sink.start())
+    try:
+        version, cipher = session_tls(sink)
+        assert version.startswith("TLSv1.") and cipher, (version, cipher)
+    finally:
+        asyncio.run(sink.stop())
+    write_two(sink, database)
+    # The same user with TLS turned off: the server refuses it, so the rows above came over TLS.
+    error = tls_start_error(tls_url(database), ssl_mode="disabled")
+    assert "MySQL error 1045" in str(error) and "KUBEVENTS_MYSQL_SSL_MODE=required" in str(error)
+
+
+def test_the_url_query_form_of_the_ca_is_honoured(database: str, other_ca: Path) -> None:
+    """?ssl_ca= as SQLAlchemy documents it: verified against it (a wrong one fails)."""
+    good = tls_url(database) + "?ssl_ca=" + need_env("KUBEVENTS_TEST_MYSQL_CA")
+    write_two(tls_sink(good), database)
+    error = tls_start_error(tls_url(database) + f"?ssl_ca={other_ca}")
+    assert f"the CA file '{other_ca}' did not sign it" in str(error)
+
+
+def test_mutual_tls_with_the_client_certificate(database: str) -> None:
+    ca = need_env("KUBEVENTS_TEST_MYSQL_CA")
+    url = tls_url(database, "X509")
+    sink = tls_sink(
+        url,
+        ssl_ca=ca,
+        ssl_cert=need_env("KUBEVENTS_TEST_MYSQL_CLIENT_CERT"),
+        ssl_key=need_env("KUBEVENTS_TEST_MYSQL_CLIENT_KEY"),
+    )
+    write_two(sink, database)
+    # TLS without the certificate: refused by the server, and the error says what to add.
+    error = tls_start_error(url, ssl_ca=ca)
+    assert "MySQL error 1045" in str(error)
+    assert "KUBEVENTS_MYSQL_SSL_CERT and KUBEVENTS_MYSQL_SSL_KEY" in str(error)
+
+
+def test_a_ca_that_did_not_sign_the_server_is_a_user_error_naming_it(
+    database: str, other_ca: Path
+) -> None:
+    error = tls_start_error(tls_url(database), ssl_ca=str(other_ca))
+    assert str(error).startswith("MySQL at 127.0.0.1:3306: its TLS certificate failed verification")
+    assert f"the CA file '{other_ca}' did not sign it" in str(error)
+    assert "set KUBEVENTS_MYSQL_SSL_CA (or the pipeline's mysql.ssl_ca) to the CA" in str(error)
+
+
+def test_a_ca_file_that_does_not_exist_is_a_user_error_naming_it(
+    database: str, tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-ca.pem"
+    error = tls_start_error(tls_url(database), ssl_ca=str(missing))
+    assert f"MySQL TLS file '{missing}', set by KUBEVENTS_MYSQL_SSL_CA" in str(error)
+    assert "does not exist" in str(error)
+
+
+def test_a_host_name_the_certificate_does_not_hold(database: str) -> None:
+    """127.1 reaches 127.0.0.1, but the certificate names 127.0.0.1 and localhost only."""
+    ca = need_env("KUBEVENTS_TEST_MYSQL_CA")
+    error = tls_start_error(tls_url(database, host="127.1"), ssl_ca=ca)
+    assert "its TLS certificate does not name that host" in str(error)
+    assert "KUBEVENTS_MYSQL_SSL_VERIFY_IDENTITY" in str(error)
+    write_two(
+        tls_sink(tls_url(database, host="127.1"), ssl_ca=ca, ssl_verify_identity=False), database
+    )
+
+
+def test_required_without_verification_needs_no_ca(database: str) -> None:
+    """kube-eventer's tls=skip-verify. Verification is what was turned off: the same settings
+    with it on fail, the stack's CA being no system CA."""
+    sink = tls_sink(tls_url(database), ssl_mode="required", ssl_verify_cert=False)
+    asyncio.run(sink.start())
+    try:
+        assert session_tls(sink)[1]
+    finally:
+        asyncio.run(sink.stop())
+    write_two(sink, database)
+    error = tls_start_error(tls_url(database), ssl_mode="required")
+    assert "no system CA signed it" in str(error)

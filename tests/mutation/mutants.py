@@ -392,6 +392,27 @@ MUTANTS += [
         new="    command.upgrade(config, revision)\n",
         tests=(f"{MYSQL_TESTS}::test_sinks_in_one_process_migrate_one_at_a_time",),
     ),
+    Mutant(
+        name="mysql-tls-ca-not-verified",
+        why="a CA given is loaded but the server's certificate is not checked against it (what"
+        " PyMySQL's ssl_ca alone does): any certificate, a man in the middle's too, is accepted",
+        path="app/sinks/mysql_tls.py",
+        old="    ctx.verify_mode = ssl.CERT_REQUIRED if tls.verify_cert else ssl.CERT_NONE\n",
+        new="    ctx.check_hostname = False\n    ctx.verify_mode = ssl.CERT_NONE\n",
+        tests=(
+            f"{MYSQL_TESTS}::test_a_ca_that_did_not_sign_the_server_is_a_user_error_naming_it",
+            "tests/unit/sinks/test_mysql_tls.py::test_required_alone_verifies_with_the_system_cas",
+        ),
+    ),
+    Mutant(
+        name="mysql-tls-disabled-ignored",
+        why="ssl_mode=disabled (kube-eventer's tls=false) still encrypts when the server offers"
+        " TLS: the setting does nothing",
+        path="app/sinks/mysql_tls.py",
+        old='        return {"ssl_disabled": True}\n',
+        new="        return {}\n",
+        tests=(f"{MYSQL_TESTS}::test_with_the_ca_the_sink_writes_over_verified_tls",),
+    ),
 ]
 
 # The sink pipeline around every sink (app/sinks/pipeline.py) and its commit path.

@@ -287,15 +287,64 @@ def test_dsn_must_follow_the_question_mark() -> None:
     assert "the Go DSN must follow mysql:?" in error("mysql:")
 
 
-def test_mysql_tls_is_refused_not_dropped() -> None:
-    assert error(f"mysql:?root:{SECRET}@tcp(db)/ev?tls=skip-verify&table=t") == (
-        "--sink #1 (mysql): the DSN's tls=skip-verify is not supported yet: kubevents connects"
-        " to MySQL without TLS; keep kube-eventer for this database until it is"
-    )
+@pytest.mark.parametrize(
+    ("tls", "yaml_options"),
+    [
+        # go-sql-driver: true verifies certificate and host name against the system CAs
+        ("true", "{ssl_mode: required, ssl_verify_cert: true}"),
+        ("1", "{ssl_mode: required, ssl_verify_cert: true}"),
+        ("skip-verify", "{ssl_mode: required, ssl_verify_cert: false}"),
+        ("Skip-Verify", "{ssl_mode: required, ssl_verify_cert: false}"),  # case-insensitive
+        ("preferred", "{ssl_mode: preferred}"),
+        ("false", "{ssl_mode: disabled}"),
+        ("0", "{ssl_mode: disabled}"),
+    ],
+)
+def test_mysql_tls_keeps_its_meaning(tls: str, yaml_options: str) -> None:
     as_yaml(
-        "mysql:?u:p@tcp(db:3307)/ev?tls=false",
-        "{id: mysql, sink: mysql, mysql: {url: 'mysql+pymysql://u:p@db:3307/ev'}}",
+        f"mysql:?u:p@tcp(db:3307)/ev?tls={tls}&table=t",
+        f"""
+        id: mysql
+        sink: mysql
+        mysql: {{url: 'mysql+pymysql://u:p@db:3307/ev', table: t, {yaml_options.strip("{}")}}}
+        """,
     )
+
+
+def test_mysql_tls_true_resolves_to_verified_tls() -> None:
+    """What the sink does with it: TLS required, certificate and host name checked."""
+    from sqlalchemy.engine import make_url
+
+    from app.sinks.mysql_tls import TLS, resolve
+
+    (pipeline,) = Settings(
+        pipelines=parse_sinks(["mysql:?u:p@tcp(db:3307)/ev?tls=true"], environ={})
+    ).sink_pipelines()
+    assert pipeline.mysql is not None and pipeline.mysql.url is not None
+    url = make_url(pipeline.mysql.url.get_secret_value())
+    assert resolve(pipeline.mysql, url)[1] == TLS("required", None, None, None, True, True)
+
+
+@pytest.mark.parametrize("name", ["custom", "t", "rds%2Dca"])
+def test_mysql_tls_custom_config_names_the_settings(name: str) -> None:
+    assert error(f"mysql:?root:{SECRET}@tcp(db)/ev?tls={name}&table=t") == (
+        "--sink #1 (mysql): the DSN's tls= names a custom TLS config, which kube-eventer cannot"
+        " register: set the MySQL sink's ssl_ca, ssl_cert and ssl_key"
+        " (KUBEVENTS_MYSQL_SSL_CA/_CERT/_KEY or the pipeline's mysql.ssl_*) instead, and drop"
+        " tls= from the DSN"
+    )
+
+
+def test_mysql_tls_after_the_first_ampersand_is_dropped_as_by_kube_eventer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # common/mysql/mysql.go cut the DSN at the first '&' when table= was given: kube-eventer
+    # connected without TLS, and so does the pipeline this declares (with a warning).
+    as_yaml(
+        "mysql:?u:p@tcp(db)/ev?charset=utf8&table=t&tls=true",
+        "{id: mysql, sink: mysql, mysql: {url: 'mysql+pymysql://u:p@db:3306/ev', table: t}}",
+    )
+    assert "ignored with table=" in caplog.text and "tls" in caplog.text
 
 
 # --- Kafka --------------------------------------------------------------------------------
