@@ -32,12 +32,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from prometheus_client import Counter
 
+from app.errors import UserError
 from app.testing import faults
 from app.worker import faust_fixes
 from app.worker.stall import StallWatch
@@ -144,7 +147,17 @@ class BatchLoop:
         return lambda: bool(generation != self.app.consumer_generation_id)
 
     async def run(self) -> None:
-        await self.handler.start()
+        try:
+            await self.handler.start()
+        except UserError as exc:
+            # A setting the user must fix (a wrong password, a CA that does not match): one line
+            # and exit status 2, as every kubevents command says it, instead of Faust's crash
+            # (a traceback and status 1). Nothing was read or written yet, so nothing is lost by
+            # leaving at once; the consumer group sees this member go after its session timeout.
+            log.error("pipeline %s cannot start: %s", self.name, exc)
+            print(f"kubevents: error: {exc}", file=sys.stderr, flush=True)
+            logging.shutdown()
+            os._exit(2)
         self._running = True
         try:
             while True:

@@ -435,3 +435,33 @@ def test_a_sink_worker_killed_while_its_destination_is_away_loses_nothing(
     finally:
         proxy.close()
         dest.close()
+
+
+def test_a_sink_worker_whose_destination_refuses_its_settings_exits_2_on_one_line(
+    names: dict[str, str],
+) -> None:
+    """A setting only the destination can judge (here MariaDB refusing the password) stops the
+    worker as any kubevents command stops on a user error: one line saying what to fix, exit
+    status 2, no traceback (not Faust's crash, status 1)."""
+    url = need_env("KUBEVENTS_MYSQL_URL").replace("root@", "root:not-the-password@")
+    env = {
+        **os.environ,
+        **env_of(names),
+        "KUBEVENTS_MYSQL_URL": url,
+        "KUBEVENTS_ELASTICSEARCH_URL": "",
+        "KUBEVENTS_WORKER_WEB_PORT": str(free_port()),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", "worker", "--pipeline", "mysql"],
+        check=False,
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("kubevents: error:")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert "refused user 'root'" in errors[0] and "KUBEVENTS_MYSQL_URL" in errors[0], errors[0]
+    assert "Traceback" not in result.stdout + result.stderr
