@@ -91,7 +91,7 @@ class BatchLoop:
         self._next: list[Any] | None = None  # a batch of another generation, met while lingering
         self._stale = STALE.labels(name)
         self._running = False
-        self.watch = StallWatch(app, topic.get_topic_name(), name, stall_warning_s)
+        self.watch = StallWatch(app, topic, name, stall_warning_s)
 
     def check(self) -> tuple[bool, str]:
         """For /readyz: ready once the handler started (after the tables' recovery)."""
@@ -170,9 +170,9 @@ class BatchLoop:
                     self._stale.inc(len(messages))
                     continue
                 await self.handler.handle(messages)
-                self.watch.progress()
                 for message in messages:
                     self.app.consumer.ack(message)  # lets Faust commit up to it
+                self.watch.progress()
         except Exception as exc:
             log.exception(
                 "pipeline %s failed; stopping the worker (nothing past it is committed)", self.name

@@ -47,6 +47,14 @@ counted: 51 of 1820 occurrences in a run of tests/integration/test_core.py's joi
 of a streamed topic is handed over under a generation before that generation's seek; it is read
 again from the committed offset.
 
+6. Records dropped between a seek and the end of the hold of 5. The seek to committed offsets
+that ends a rebalance awaited each partition's committed offset between the partitions' seeks,
+and the hold of 5 ended only after the last one: records fetched from a partition already sought
+were dropped as read before the seek, and nothing sought that partition back. When its stream
+had ended there, they were never read (a worker taking over an idle topic stayed behind until the
+next record arrived). Here the offsets are asked first and the seeks and the end of the hold
+happen together, with nothing in between.
+
 Besides the corrections, the fetcher loop can hand a topic's records over in batches
 (``deliver_in_batches``, used by the core agent for the raw topic) instead of one event at a
 time through Faust's conductor, topic queue and stream, which cost more per record than the core
@@ -118,18 +126,28 @@ def _state(consumer: Any) -> _ReadState:
 async def _seek_all(consumer: Any, faust: Any, streamed: Any) -> Any:
     """In the consumer thread: seek every partition of ``streamed`` topics to its committed
     offset and make that the next offset to read, at once (see _drain_messages); returns the
-    positions. Changelog partitions are left to Faust's recovery."""
+    positions. Changelog partitions are left to Faust's recovery.
+
+    The offsets are asked first; the seeks and the state they set (the end of the generation's
+    hold, the read offsets) then happen with no await in between (fix 6). aiokafka's own
+    ``seek_to_committed`` awaits each partition's committed offset between the seeks: a fetch
+    returned in such a gap, after its partition's seek but before the hold ended, was dropped
+    by the fetcher loop as read before the seek, with nothing left to seek it back, and a
+    partition whose stream had ended stayed unread (tests/integration/test_core.py, the
+    worker dying between count rows and dedupe rows: ~1 run in 20)."""
     # Read before seeking: a rebalance meanwhile stays unsought (fix 5) until its own seek.
     generation = faust.app.consumer_generation_id
-    committed = dict(await consumer.seek_to_committed())
-    for tp, offset in list(committed.items()):
-        if not streamed(tp.topic):
-            del committed[tp]
-        elif offset is None or offset < 0:
-            await consumer.seek_to_beginning(tp)
-            committed[tp] = await consumer.position(tp)
-        elif offset == 0:
-            consumer.seek(tp, 0)
+    tps = [tp for tp in consumer.assignment() if streamed(tp.topic)]
+    committed = {tp: await consumer.committed(tp) for tp in tps}
+    # Nothing committed: the beginning (kubevents reads with auto_offset_reset=earliest).
+    fresh = [tp for tp, offset in committed.items() if offset is None or offset < 0]
+    if fresh:
+        committed.update(await consumer.beginning_offsets(fresh))
+    # From here on no await: no fetch is returned between the seeks and the state they set.
+    assigned = consumer.assignment()
+    committed = {tp: offset for tp, offset in committed.items() if tp in assigned}
+    for tp, offset in committed.items():
+        consumer.seek(tp, offset)
     state = _state(faust)
     with state.lock:
         state.seeks += 1

@@ -34,8 +34,8 @@ def _name(tp: Any) -> str:
 
 
 class StallWatch:
-    def __init__(self, app: Any, topic_name: str, pipeline: str, after_s: float = 30.0):
-        self.app, self.topic_name, self.pipeline, self.after_s = app, topic_name, pipeline, after_s
+    def __init__(self, app: Any, topic: Any, pipeline: str, after_s: float = 30.0):
+        self.app, self.topic, self.pipeline, self.after_s = app, topic, pipeline, after_s
         self.last_progress = time.monotonic()
         self.last_warning = 0.0
         self._gauge = STALLED.labels(pipeline)
@@ -50,7 +50,8 @@ class StallWatch:
         partition -> (committed, log end offset). The log end offsets are asked of the brokers
         (the consumer's own highwaters are known only for partitions it fetched from)."""
         consumer = self.app.consumer
-        owned = [tp for tp in consumer.assignment() if tp.topic == self.topic_name]
+        name = self.topic.get_topic_name()
+        owned = [tp for tp in consumer.assignment() if tp.topic == name]
         if not owned:
             return {}
         ends = await consumer.highwaters(*owned)

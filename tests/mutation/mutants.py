@@ -13,6 +13,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CORE = "tests/integration/test_core.py"
+BATCHED = "tests/unit/worker/test_batched_delivery.py"
+SEEK_ALL = """    tps = [tp for tp in consumer.assignment() if streamed(tp.topic)]
+    committed = {tp: await consumer.committed(tp) for tp in tps}
+    # Nothing committed: the beginning (kubevents reads with auto_offset_reset=earliest).
+    fresh = [tp for tp, offset in committed.items() if offset is None or offset < 0]
+    if fresh:
+        committed.update(await consumer.beginning_offsets(fresh))
+    # From here on no await: no fetch is returned between the seeks and the state they set.
+    assigned = consumer.assignment()
+    committed = {tp: offset for tp, offset in committed.items() if tp in assigned}
+    for tp, offset in committed.items():
+        consumer.seek(tp, offset)
+"""
+SEEK_TO_COMMITTED = """    committed = dict(await consumer.seek_to_committed())
+    for tp, offset in list(committed.items()):
+        if not streamed(tp.topic):
+            del committed[tp]
+        elif offset is None or offset < 0:
+            await consumer.seek_to_beginning(tp)
+            committed[tp] = await consumer.position(tp)
+        elif offset == 0:
+            consumer.seek(tp, 0)
+"""
 HANDLE = "                await self.handler.handle(messages)\n"
 ACK = """                for message in messages:
                     self.app.consumer.ack(message)  # lets Faust commit up to it
@@ -63,6 +86,24 @@ MUTANTS: list[Mutant] = [
             f"{CORE}::test_workers_joining_and_leaving_under_traffic_lose_nothing_and_count_once"
             "[slow-agent-and-seek]",
         ),
+    ),
+    Mutant(
+        name="faust-handed-over-before-seek",
+        why="fix 5 undone: records read after a rebalance and before its seek are handed over "
+        "ahead of the records from the committed offset, whose count increments are then skipped",
+        path="app/worker/faust_fixes.py",
+        old="            handed = state.seeks == self.seeks and state.unsought is None\n",
+        new="            handed = state.seeks == self.seeks\n",
+        tests=(f"{BATCHED}::test_nothing_is_handed_over_between_an_assignment_and_its_seek",),
+    ),
+    Mutant(
+        name="faust-seek-awaits-between-partitions",
+        why="fix 6 undone: aiokafka's seek_to_committed awaits between partitions' seeks, and a "
+        "fetch returned in between, still held by fix 5, is dropped with nothing to seek it back",
+        path="app/worker/faust_fixes.py",
+        old=SEEK_ALL,
+        new=SEEK_TO_COMMITTED,
+        tests=(f"{BATCHED}::test_no_fetch_is_returned_between_the_seeks_and_the_end_of_the_hold",),
     ),
 ]
 
