@@ -55,6 +55,14 @@ had ended there, they were never read (a worker taking over an idle topic stayed
 next record arrived). Here the offsets are asked first and the seeks and the end of the hold
 happen together, with nothing in between.
 
+7. A changelog's read offset moved back past its recovery's seek. Faust's recovery seeks the
+changelog partitions it must read and sets their read offsets itself (``_seek_wait``), outside
+the read state's lock and seek count: a record of such a partition read just before (a worker
+reading it as a standby when the partition became active) and handed over just after moved the
+read offset past the records the seek reads again, which were then dropped as already read, and
+the recovery waited for them forever ("No event received for active tp"). Here those seeks are
+counted per partition under the lock, and a record read before one of them moves nothing.
+
 Besides the corrections, the fetcher loop can hand a topic's records over in batches
 (``deliver_in_batches``, used by the core agent for the raw topic) instead of one event at a
 time through Faust's conductor, topic queue and stream, which cost more per record than the core
@@ -108,15 +116,27 @@ class _ReadState:
         # meanwhile no record of a streamed topic is handed over (fix 5).
         self.unsought: int | None = None
         self.reseek: dict[Any, tuple[int, int]] = {}  # partition -> (offset, times) sought back
+        # Seeks of single partitions by Faust's recovery (changelogs), per partition (fix 7).
+        self.sought: dict[Any, int] = {}
 
-    def advance(self, read_offset: Any, seeks: int, nexts: dict[Any, int]) -> None:
+    def advance(
+        self,
+        read_offset: Any,
+        seeks: int,
+        nexts: dict[Any, int],
+        sought: dict[Any, int] | None = None,
+    ) -> None:
         """Move partitions' read offsets past records handed over, unless a seek happened since
-        they were read (``seeks``): the seek set the next offset itself."""
+        they were read (``seeks``, and per partition ``sought``): the seek set the next offset
+        itself."""
         with self.lock:
-            if self.seeks == seeks:
-                read_offset.update(nexts)
-                for tp in nexts:
-                    self.reseek.pop(tp, None)
+            if self.seeks != seeks:
+                return
+            for tp, offset in nexts.items():
+                if sought is not None and self.sought.get(tp, 0) != sought.get(tp, 0):
+                    continue
+                read_offset[tp] = offset
+                self.reseek.pop(tp, None)
 
 
 def _state(consumer: Any) -> _ReadState:
@@ -187,6 +207,29 @@ async def _perform_seek(self: Any) -> None:
     # Tests lengthen the time between the seek that ends a rebalance and Faust resuming the
     # flow, where records read from the new position meet the flow's resumption.
     await faults.point("faust.after-seek")
+
+
+async def _seek_wait(self: Any, consumer: Any, partitions: Any) -> None:
+    """Faust's recovery seeking changelog partitions (AIOKafkaConsumerThread._seek_wait, in the
+    consumer thread): the same seeks and read offsets, recorded per partition under the read
+    state's lock (fix 7), so that a record read before the seek and handed over after it does not
+    move the read offset the seek set."""
+    state = _state(self.consumer)
+    read_offset = self.consumer._read_offset
+    for tp, offset in partitions.items():
+        consumer.seek(tp, offset)
+    with state.lock:
+        for tp, offset in partitions.items():
+            state.sought[tp] = state.sought.get(tp, 0) + 1
+            state.reseek.pop(tp, None)
+            if offset > 0:
+                read_offset[tp] = offset
+            else:
+                read_offset.pop(tp, None)
+    await asyncio.wait_for(
+        asyncio.gather(*[consumer.position(tp) for tp in partitions]),
+        timeout=self.app.conf.broker_request_timeout,
+    )
 
 
 def _new_offset(self: Any, tp: Any) -> int | None:
@@ -358,7 +401,7 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
                 offset = message.offset
                 with state.lock:
                     seeks, expected = state.seeks, read_offset[tp]
-                    unsought = state.unsought
+                    unsought, sought = state.unsought, state.sought.get(tp, 0)
                 if unsought is not None and acks_enabled_for(message.topic):
                     continue  # read before this generation's seek, which reads it again (fix 5)
                 expected = batches.next_offset(tp, seeks, expected)
@@ -406,7 +449,7 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
                     await self.wait_first(callback(message), self.suspend_flow.wait())
                 # An earlier generation's record is skipped by the stream and must come again.
                 if getattr(message, "generation_id", None) == self.app.consumer_generation_id:
-                    state.advance(read_offset, seeks, {tp: offset + 1})
+                    state.advance(read_offset, seeks, {tp: offset + 1}, {tp: sought})
             await batches.flush()
             self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
     except self.consumer_stopped_errors:
@@ -427,4 +470,5 @@ def apply() -> None:
     faust_consumer.Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
     faust_consumer.Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
     faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]
+    faust_aiokafka.AIOKafkaConsumerThread._seek_wait = _seek_wait  # type: ignore[method-assign]
     faust_aiokafka.ConsumerRebalanceListener.on_partitions_assigned = _on_partitions_assigned  # type: ignore[method-assign]

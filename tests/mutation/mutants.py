@@ -97,6 +97,18 @@ MUTANTS: list[Mutant] = [
         tests=(f"{BATCHED}::test_nothing_is_handed_over_between_an_assignment_and_its_seek",),
     ),
     Mutant(
+        name="faust-recovery-seek-uncounted",
+        why="fix 7 undone: a changelog record read before the recovery's seek of its partition "
+        "moves the read offset past the records the seek reads again; the recovery waits forever",
+        path="app/worker/faust_fixes.py",
+        old="            state.sought[tp] = state.sought.get(tp, 0) + 1\n",
+        new="            pass\n",
+        tests=(
+            f"{BATCHED}::test_a_record_read_before_a_recovery_seek_does_not_move_the_read_offset"
+            "_it_set",
+        ),
+    ),
+    Mutant(
         name="faust-seek-awaits-between-partitions",
         why="fix 6 undone: aiokafka's seek_to_committed awaits between partitions' seeks, and a "
         "fetch returned in between, still held by fix 5, is dropped with nothing to seek it back",

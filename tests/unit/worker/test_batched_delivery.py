@@ -194,3 +194,40 @@ def test_no_fetch_is_returned_between_the_seeks_and_the_end_of_the_hold() -> Non
     assert len(seen) >= 4, "the fetches never ran while the offsets were asked"
     held_after_a_seek = [s for s in seen if s[0] > 0 and s[1] is not None]
     assert not held_after_a_seek, f"fetches returned after a seek, still held: {seen}"
+
+
+def test_a_record_read_before_a_recovery_seek_does_not_move_the_read_offset_it_set() -> None:
+    """Fix 7: a worker reading changelog partition 2 as a standby when it becomes active: the
+    recovery seeks it to the start (offset 0: read offset unset, every record delivered); a
+    standby record read just before and handed over just after must not move the read offset
+    past the records the seek reads again (they would be dropped as read, and the recovery would
+    wait for them forever)."""
+    tp = faust_fixes.faust_consumer.TP("app-counts-changelog", 2)
+    other = faust_fixes.faust_consumer.TP("app-counts-changelog", 3)
+    faust = SimpleNamespace(_read_offset={tp: 45, other: 30})
+    state = faust_fixes._state(faust)
+
+    class Kafka:
+        def __init__(self) -> None:
+            self.sought: dict[Any, int] = {}
+
+        def seek(self, tp: Any, offset: int) -> None:
+            self.sought[tp] = offset
+
+        async def position(self, tp: Any) -> int:
+            return self.sought[tp]
+
+    thread = SimpleNamespace(
+        consumer=faust, app=SimpleNamespace(conf=SimpleNamespace(broker_request_timeout=5))
+    )
+    kafka = Kafka()
+    # The fetcher loop reads record 44 of both partitions (what _drain_messages notes under the
+    # lock), then the recovery seeks partition 2 only, then the records are handed over.
+    with state.lock:
+        seeks, read = state.seeks, {t: state.sought.get(t, 0) for t in (tp, other)}
+    asyncio.run(faust_fixes._seek_wait(thread, kafka, {tp: 0}))
+    assert kafka.sought == {tp: 0} and tp not in faust._read_offset
+    for t in (tp, other):
+        state.advance(faust._read_offset, seeks, {t: 45}, {t: read[t]})
+    assert tp not in faust._read_offset, "the seek's read offset was overwritten"
+    assert faust._read_offset[other] == 45  # a partition not sought moves on
