@@ -29,7 +29,7 @@ from app.errors import Rejected, TransientError, UserError
 from app.settings import MySQLSinkSettings
 from app.sinks.mysql import MIGRATIONS, MySQLSink, migrate
 from app.sinks.mysql_rows import COLUMNS
-from tests.fixtures.enriched_events import core_v1, enriched, events_v1
+from tests.fixtures.enriched import core_v1, enriched, events_v1
 from tests.integration.conftest import free_port, need_env
 
 TABLE = "k8s_events"
@@ -261,7 +261,8 @@ def test_upgrade_from_0001_keeps_the_rows(database: str) -> None:
     assert {k: row[k] for k in ROW_0001} == ROW_0001
     # the migrated row is the one the sink upserts: a newer version updates it in place
     newer = enriched(
-        core_v1("old-uid", rv="501", count=3, first="2024-05-01T12:00:00Z", last=T.format("02:00"))
+        core_v1("old-uid", rv="501", count=3, first="2024-05-01T12:00:00Z", last=T.format("02:00")),
+        cluster="c1",  # ROW_0001's
     )
     assert asyncio.run(sink.write([newer])) == []
     asyncio.run(sink.stop())
@@ -284,6 +285,7 @@ OWNERS = [
 ]
 T = "2024-05-01T12:{}Z"
 T0 = T.format("00:00.000001")
+OBSERVED_AT = T.format("59:00.000001")  # check_rows reads it back from uid-a
 
 # Versions of six events: (uid, resourceVersion, count, first seen, last seen at 12:MM:SS.ffffff,
 # message). a: repeats 1 -> 3 -> 5; b: events.k8s.io/v1 with emoji and labels; c: 30 KB; d: ADDED
@@ -310,13 +312,15 @@ def stream() -> dict[str, dict[str, Any]]:
     for name, (uid, rv, count, first_at, last_at, message) in VERSIONS.items():
         first, last = T.format(first_at), T.format(last_at)
         if uid == "uid-b":
-            obj = events_v1(uid, rv=rv, count=count, first=first, last=last, note=message)
+            obj = events_v1(
+                uid, rv=rv, count=count, event_time=first, last_observed=last, note=message
+            )
             labels = {"app": "web", "app.kubernetes.io/name": "wéb 🚀"}
-            out[name] = enriched(obj, labels=labels, owners=OWNERS)
+            out[name] = enriched(obj, labels=labels, owners=OWNERS, observed_at=OBSERVED_AT)
         else:
             obj = core_v1(uid, rv=rv, count=count, first=first, last=last, message=message)
             watch_type = "DELETED" if name == "d-deleted" else "ADDED"
-            out[name] = enriched(obj, watch_type=watch_type)
+            out[name] = enriched(obj, watch_type=watch_type, observed_at=OBSERVED_AT)
     return out
 
 

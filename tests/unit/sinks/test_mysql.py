@@ -29,13 +29,14 @@ from app.sinks.mysql_rows import (
     to_row,
     upsert,
 )
-from tests.fixtures.enriched_events import core_v1, enriched, events_v1
+from tests.fixtures.enriched import core_v1, enriched, events_v1
 
 T0, T1 = "2024-05-01T12:00:00.000001Z", "2024-05-01T12:05:30.123456Z"
 
 
 def record(uid: str = "u-1", rv: str = "1200", **changes: Any) -> dict[str, Any]:
-    event = enriched(core_v1(uid, rv=rv, count=3, first=T0, last=T1))
+    # no labels, no owners: test_row_columns checks how a bare event's row spells them
+    event = enriched(core_v1(uid, rv=rv, count=3, first=T0, last=T1), labels={}, owners=[])
     event.update(changes)
     return event
 
@@ -60,7 +61,7 @@ def test_row_columns_and_json() -> None:
         {"kind": "Deployment", "name": "web", "uid": "d", "api_version": "apps/v1"},
     ]
     event = enriched(
-        events_v1("u-2", rv="77", count=7, first=T0, last=T1, note="Pulling 🐳"),
+        events_v1("u-2", rv="77", count=7, event_time=T0, last_observed=T1, note="Pulling 🐳"),
         labels={"app.kubernetes.io/name": "wéb 🚀"},
         owners=owners,
     )
