@@ -65,12 +65,10 @@ test:
 	@$(MAKE) --no-print-directory stack
 	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory typecheck
-	@# Two phases: the tests that leave the shared servers alone, then those marked alone (they
-	@# stop a server, or time a hand-over). Both run one test at a time: two pytest-xdist workers
-	@# took the first phase from ~14 to ~7 minutes, but in one run of two a core worker taking over
-	@# partitions it had held as standby stalled in Faust's changelog recovery (never seen in ~470
-	@# serial runs of those tests), so speed waits until that is understood.
-	@$(TIMED) "pytest, first phase" bash -c 'source .stack/env && $(PY) -m pytest tests -q -p no:cacheprovider -rfE --durations=15 -m "not alone"'
+	@# Two phases: every test that leaves the shared servers alone runs on two pytest-xdist workers
+	@# (each test has its own topics, groups, indices, databases and namespaces); those marked
+	@# alone (they stop a server, or time a hand-over) run after, one at a time.
+	@$(TIMED) "pytest, first phase (2 workers)" bash -c 'source .stack/env && $(PY) -m pytest tests -q -p no:cacheprovider -rfE --durations=15 -m "not alone" -n 2'
 	@$(TIMED) "pytest, second phase (marked alone: fault suite, outages)" bash -c 'source .stack/env && $(PY) -m pytest tests -q -p no:cacheprovider -rfE --durations=10 -m alone'
 	@$(MAKE) --no-print-directory mutants
 
