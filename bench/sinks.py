@@ -43,15 +43,52 @@ from app.settings import ElasticsearchSinkSettings, TopicSettings
 from app.sinks.elasticsearch import ElasticsearchSink, build_action
 from app.sinks.mysql_rows import chunks, events_table, to_row, upsert
 from bench.common import (
+    ROOT,
+    Progress,
     cpu_seconds,
     create_databases,
     create_topic,
     delete_indices,
     drop_databases,
     free_port,
+    process_tree_cpu_seconds,
     start,
     wait_metric_progress,
 )
+
+# The servers each side loads: the pipeline also reads the topic from Kafka, the bare loop
+# writes from memory (its documents were decoded beforehand).
+ES_SERVERS = ("elasticsearch", "kafka")
+MYSQL_SERVERS = ("mariadb", "kafka")
+
+
+def server_cpu_seconds(servers: tuple[str, ...]) -> float:
+    """CPU seconds so far of the local stack's servers (.stack/run/<name>.pid and their
+    children); nan without the local stack's pid files. They may serve other clients too."""
+    total = 0.0
+    for name in servers:
+        try:
+            pid = int((ROOT / ".stack" / "run" / f"{name}.pid").read_text())
+        except (OSError, ValueError):
+            return float("nan")
+        total += process_tree_cpu_seconds(pid)
+    return total
+
+
+class Cpu:
+    """CPU seconds of this process and of ``servers`` between ``__enter__`` and ``__exit__``."""
+
+    def __init__(self, servers: tuple[str, ...]) -> None:
+        self.servers = servers
+        self.client = self.server = float("nan")
+
+    def __enter__(self) -> Cpu:
+        self._client, self._server = time.process_time(), server_cpu_seconds(self.servers)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client = time.process_time() - self._client
+        self.server = server_cpu_seconds(self.servers) - self._server
 
 
 def make_events(n: int) -> list[dict[str, Any]]:
@@ -116,58 +153,71 @@ async def preload(brokers: str, topic: str, events: list[dict[str, Any]]) -> Non
     await producer.stop()
 
 
-async def bare_elasticsearch(url: str, index: str, events: list[dict[str, Any]]) -> float:
-    """events/s of async_streaming_bulk writing the same actions (template installed first)."""
+async def bare_elasticsearch(
+    url: str, index: str, events: list[dict[str, Any]]
+) -> tuple[float, Cpu]:
+    """events/s of async_streaming_bulk writing the same actions (template installed first),
+    and the CPU it took (this process, Elasticsearch)."""
     sink = ElasticsearchSink(ElasticsearchSinkSettings(url=url, index=index), cluster="bench")
     await sink.start()  # the same template and alias as the pipeline's
     await sink.stop()
     now = datetime.now(UTC)
     client = AsyncElasticsearch(url, request_timeout=60)
-    started = time.monotonic()
-    actions = (build_action(e, index, "bench", now) for e in events)
-    async for ok, item in async_streaming_bulk(
-        client, actions, chunk_size=1000, raise_on_error=False, max_retries=3
-    ):
-        if not ok and item.get("index", {}).get("status") != 409:
-            raise SystemExit(f"bare bulk failed: {item}")
-    elapsed = time.monotonic() - started
+    with Cpu(ES_SERVERS) as cpu:
+        started = time.monotonic()
+        actions = (build_action(e, index, "bench", now) for e in events)
+        async for ok, item in async_streaming_bulk(
+            client, actions, chunk_size=1000, raise_on_error=False, max_retries=3
+        ):
+            if not ok and item.get("index", {}).get("status") != 409:
+                raise SystemExit(f"bare bulk failed: {item}")
+        elapsed = time.monotonic() - started
     await client.close()
-    return len(events) / elapsed
+    return len(events) / elapsed, cpu
 
 
-def bare_mysql(url: str, events: list[dict[str, Any]]) -> float:
-    """events/s of executemany with the sink's own upsert, in chunks of 500."""
+def bare_mysql(url: str, events: list[dict[str, Any]]) -> tuple[float, Cpu]:
+    """events/s of executemany with the sink's own upsert, in chunks of 500, and the CPU it
+    took (this process, MariaDB)."""
     engine = sa.create_engine(url)
     table = events_table("k8s_events")
     statement = upsert(table)
-    started = time.monotonic()
-    rows = [to_row(e) for e in events]
-    for start_at in range(0, len(rows), 1000):
-        with engine.begin() as conn:
-            for chunk in chunks(rows[start_at : start_at + 1000], 500):
-                conn.execute(statement, list(chunk))
-    elapsed = time.monotonic() - started
+    with Cpu(MYSQL_SERVERS) as cpu:
+        started = time.monotonic()
+        rows = [to_row(e) for e in events]
+        for start_at in range(0, len(rows), 1000):
+            with engine.begin() as conn:
+                for chunk in chunks(rows[start_at : start_at + 1000], 500):
+                    conn.execute(statement, list(chunk))
+        elapsed = time.monotonic() - started
     engine.dispose()
-    return len(rows) / elapsed
+    return len(rows) / elapsed, cpu
 
 
 def run_pipeline(
-    config: Path, pipeline: str, names: dict[str, str], n: int
-) -> tuple[float, float, float, float]:
-    """(events/s after the first instant, wall seconds, peak RSS MiB, CPU seconds including
-    start-up) of one sink worker."""
+    config: Path, pipeline: str, names: dict[str, str], n: int, servers: tuple[str, ...]
+) -> tuple[Progress, float, float]:
+    """(its progress, with the CPU seconds of the worker and of ``servers`` after the first
+    instant; wall seconds; CPU seconds including start-up) of one sink worker."""
     port = free_port()
     env = {**names, "KUBEVENTS_WORKER_WEB_PORT": str(port)}
     args = ["--config", str(config), "worker", "--pipeline", pipeline, "--loglevel", "warning"]
     started = time.monotonic()
     proc = start(args, env, f"bench-sink-{pipeline}.log")
-    progress = wait_metric_progress(port, "kubevents_sink_written_total", n, 120 + n / 100, proc)
+    progress = wait_metric_progress(
+        port,
+        "kubevents_sink_written_total",
+        n,
+        120 + n / 100,
+        proc,
+        others=lambda: server_cpu_seconds(servers),
+    )
     cpu = cpu_seconds(proc.pid) if proc.poll() is None else float("nan")
     proc.terminate()
     proc.wait(60)
     if not progress.complete:
         raise SystemExit(f"bench.sinks: {pipeline} wrote {int(progress.done_value)} of {n}")
-    return progress.rate, progress.done - started, progress.peak_rss_mib, cpu
+    return progress, progress.done - started, cpu
 
 
 def ratio(a: float, b: float) -> float | None:
@@ -177,6 +227,26 @@ def ratio(a: float, b: float) -> float | None:
 
 def figure(value: float) -> int | None:
     return None if math.isnan(value) or math.isinf(value) else round(value)
+
+
+def per_event_us(seconds: float, events: float) -> int | None:
+    return figure(seconds / events * 1e6) if events > 0 else None
+
+
+def cpu_figures(bare: Cpu, n: int, progress: Progress) -> dict[str, Any]:
+    """CPU µs per event: the bare loop's process and servers, the worker and the servers after
+    its first instant (Kafka and the destination, both sides; they may serve others too)."""
+    done = progress.done_value - progress.first_value
+    return {
+        "bare_cpu_us_per_event": {
+            "client": per_event_us(bare.client, n),
+            "servers": per_event_us(bare.server, n),
+        },
+        "pipeline_cpu_us_per_event": {
+            "worker": per_event_us(progress.cpu_s, done),
+            "servers": per_event_us(progress.others_cpu_s, done),
+        },
+    }
 
 
 def main() -> None:
@@ -226,15 +296,18 @@ def main() -> None:
     results: dict[str, Any] = {"events": len(events), "unique_events": unique}
     try:
         if args.only in (None, "elasticsearch"):
-            bare = asyncio.run(bare_elasticsearch(es_url, f"bench-{tag}-bare", events))
-            rate, wall, rss, cpu = run_pipeline(config, f"bench-es-{tag}", names, len(events))
+            bare, bare_cpu = asyncio.run(bare_elasticsearch(es_url, f"bench-{tag}-bare", events))
+            progress, wall, cpu = run_pipeline(
+                config, f"bench-es-{tag}", names, len(events), ES_SERVERS
+            )
             results["elasticsearch"] = {
                 "bare_bulk_events_per_s": figure(bare),
-                "pipeline_events_per_s_after_first": figure(rate),
+                "pipeline_events_per_s_after_first": figure(progress.rate),
                 "pipeline_events_per_s_wall": figure(len(events) / wall),
-                "ratio": ratio(rate, bare),
-                "pipeline_peak_rss_mib": round(rss, 1),
+                "ratio": ratio(progress.rate, bare),
+                "pipeline_peak_rss_mib": round(progress.peak_rss_mib, 1),
                 "pipeline_cpu_s": round(cpu, 1),
+                **cpu_figures(bare_cpu, len(events), progress),
             }
             from elasticsearch import Elasticsearch
 
@@ -246,17 +319,20 @@ def main() -> None:
                 raise SystemExit(f"bench.sinks: {docs} documents, expected {unique}")
         if args.only in (None, "mysql"):
             asyncio.run(migrate_mysql(url_of[databases[0]]))
-            bare = bare_mysql(url_of[databases[0]], events)
-            rate, wall, rss, cpu = run_pipeline(config, f"bench-mysql-{tag}", names, len(events))
+            bare, bare_cpu = bare_mysql(url_of[databases[0]], events)
+            progress, wall, cpu = run_pipeline(
+                config, f"bench-mysql-{tag}", names, len(events), MYSQL_SERVERS
+            )
             with sa.create_engine(url_of[databases[1]]).connect() as conn:
                 rows = conn.execute(sa.text("SELECT COUNT(*) FROM k8s_events")).scalar_one()
             results["mysql"] = {
                 "bare_executemany_events_per_s": figure(bare),
-                "pipeline_events_per_s_after_first": figure(rate),
+                "pipeline_events_per_s_after_first": figure(progress.rate),
                 "pipeline_events_per_s_wall": figure(len(events) / wall),
-                "ratio": ratio(rate, bare),
-                "pipeline_peak_rss_mib": round(rss, 1),
+                "ratio": ratio(progress.rate, bare),
+                "pipeline_peak_rss_mib": round(progress.peak_rss_mib, 1),
                 "pipeline_cpu_s": round(cpu, 1),
+                **cpu_figures(bare_cpu, len(events), progress),
                 "rows": rows,
             }
             if rows != unique:
