@@ -42,6 +42,7 @@ from elasticsearch.helpers import async_streaming_bulk
 from app.settings import ElasticsearchSinkSettings, TopicSettings
 from app.sinks.elasticsearch import ElasticsearchSink, build_action
 from app.sinks.mysql_rows import chunks, events_table, to_row, upsert
+from app.worker.batch_loop import settle_garbage_collector
 from bench.common import (
     ROOT,
     Progress,
@@ -267,6 +268,10 @@ def main() -> None:
     t = time.monotonic()
     asyncio.run(preload(brokers, topic, events))
     print(f"preloaded {len(events)} enriched events in {time.monotonic() - t:.1f}s", flush=True)
+    # The bare loops' process holds every event decoded (~10 objects each): the garbage
+    # collector's full collections would scan them all again and again, work no writing loop
+    # does. The same settling as the worker's once it started.
+    settle_garbage_collector()
     names = {
         "KUBEVENTS_TOPICS_RAW": f"bench-{tag}-raw",
         "KUBEVENTS_TOPICS_ENRICHED": topic,
