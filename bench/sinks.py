@@ -226,7 +226,11 @@ def run_pipeline(
     proc.terminate()
     proc.wait(60)
     if not progress.complete:
-        raise SystemExit(f"bench.sinks: {pipeline} wrote {int(progress.done_value)} of {n}")
+        # done_value is nan then: say where to look instead.
+        raise SystemExit(
+            f"bench.sinks: {pipeline} did not write {n} events in time"
+            f" (its log: .stack/logs/bench-sink-{pipeline}.log)"
+        )
     return progress, progress.done - started, cpu
 
 
