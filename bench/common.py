@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -29,6 +30,19 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time the process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and every descendant (a server started through a wrapper such as
+    runuser); nan when the process is gone."""
+    try:
+        total = cpu_seconds(pid)
+    except OSError:
+        return float("nan")
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in task.read_text().split():
+            total += process_tree_cpu_seconds(int(child))
+    return total
 
 
 def start(args: list[str], env: dict[str, str], log: str) -> subprocess.Popen[bytes]:
@@ -166,6 +180,10 @@ class Progress(NamedTuple):
     done: float
     done_value: float
     peak_rss_mib: float
+    # The process's CPU seconds over [first, done] (start-up excluded), and those of the
+    # processes ``others`` counts (servers); nan when not measured.
+    cpu_s: float = float("nan")
+    others_cpu_s: float = float("nan")
 
     @property
     def complete(self) -> bool:
@@ -187,10 +205,13 @@ def wait_metric_progress(
     proc: subprocess.Popen[bytes],
     *,
     interval_s: float = 0.02,
+    others: Callable[[], float] = lambda: float("nan"),
 ) -> Progress:
-    """Poll until metric ``name`` reaches n (or the process exits, or the time is up)."""
+    """Poll until metric ``name`` reaches n (or the process exits, or the time is up).
+    ``others``: CPU seconds of other processes so far, taken at the same instants."""
     first: float | None = None
     first_value = 0.0
+    first_cpu = first_others = float("nan")
     peak = 0.0
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
@@ -199,10 +220,13 @@ def wait_metric_progress(
         peak = max(peak, peak_rss_mib(proc.pid))
         if value > 0 and first is None:
             first, first_value = now, value
+            first_cpu, first_others = cpu_seconds(proc.pid), others()
         if value >= n:
             if first is None:
                 first, first_value = now, value
-            return Progress(first, first_value, now, value, peak)
+                first_cpu, first_others = cpu_seconds(proc.pid), others()
+            cpu, other = cpu_seconds(proc.pid) - first_cpu, others() - first_others
+            return Progress(first, first_value, now, value, peak, cpu, other)
         time.sleep(interval_s)
     nan = float("nan")
     return Progress(first if first is not None else nan, first_value, nan, nan, peak)

@@ -378,11 +378,11 @@ def throughput(
 
     # The bare writes, of the very documents the core produced.
     events = [orjson.loads(r.value) for r in asyncio.run(read_records(brokers, enriched, m))]
-    bare_bulk = asyncio.run(
+    bare_bulk, _ = asyncio.run(
         bench_sinks.bare_elasticsearch(es_url, f"bench-e2e-{tag}-a-bare", events)
     )
     asyncio.run(bench_sinks.migrate_mysql(bare_db))
-    bare_executemany = bench_sinks.bare_mysql(bare_db, events)
+    bare_executemany, _ = bench_sinks.bare_mysql(bare_db, events)
     bare = {
         "decode_loop": bare_decode.rate,
         "async_streaming_bulk": bare_bulk,

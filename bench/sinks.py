@@ -6,13 +6,17 @@ for Elasticsearch and for MySQL:
           (the sink's own functions, timed: a loop writing events must build them too) and
           written directly by the plainest loop the client library offers:
           ``async_streaming_bulk`` (chunks of 1000, same ``_id``s, external versions, template
-          and daily indices) / SQLAlchemy ``executemany`` of the same upsert statement (chunks
-          of 500, one transaction per 1000);
+          and daily indices) / SQLAlchemy ``executemany`` of the same upsert statement (per
+          1000 events one transaction of the newest version per uid, as the sink writes a
+          batch, in chunks of 500). Not timed, so not in the bare figure: reading the records
+          from Kafka and decoding their JSON, which the pipeline does (and Kafka serves);
   * pipeline: `kubevents worker --pipeline <id>` reading the topic from the start (Kafka fetch,
           decode, filter, write, commit after the write), timed from its counter of written
           events (``bench.common.Progress``: records after the first instant over the time since
           it); its peak RSS.
-Prints events/s of each, the ratio pipeline/bare, and the pipeline's peak RSS. The goal (issue
+Prints events/s of each, the ratio pipeline/bare, the pipeline's peak RSS, and CPU µs per event:
+the bare loop's process and the worker's (after its first instant), and the servers' each side
+loads (the destination and Kafka; shared servers, so others' work counts too). The goal (issue
 #12): each pipeline at least 0.8 of its bare loop, under 200 MiB. A document or row missing at
 the end fails the run (exit status 1).
 Usage: python -m bench.sinks [--events 100000] [--only elasticsearch|mysql] [--batch-delay-ms 200]
@@ -41,17 +45,55 @@ from elasticsearch.helpers import async_streaming_bulk
 
 from app.settings import ElasticsearchSinkSettings, TopicSettings
 from app.sinks.elasticsearch import ElasticsearchSink, build_action
-from app.sinks.mysql_rows import chunks, events_table, to_row, upsert
+from app.sinks.mysql_rows import chunks, events_table, newest_per_uid, to_row, upsert
+from app.worker.batch_loop import settle_garbage_collector
 from bench.common import (
+    ROOT,
+    Progress,
     cpu_seconds,
     create_databases,
     create_topic,
     delete_indices,
     drop_databases,
     free_port,
+    process_tree_cpu_seconds,
     start,
     wait_metric_progress,
 )
+
+# The servers each side loads: the pipeline also reads the topic from Kafka, the bare loop
+# writes from memory (its documents were decoded beforehand).
+ES_SERVERS = ("elasticsearch", "kafka")
+MYSQL_SERVERS = ("mariadb", "kafka")
+
+
+def server_cpu_seconds(servers: tuple[str, ...]) -> float:
+    """CPU seconds so far of the local stack's servers (.stack/run/<name>.pid and their
+    children); nan without the local stack's pid files. They may serve other clients too."""
+    total = 0.0
+    for name in servers:
+        try:
+            pid = int((ROOT / ".stack" / "run" / f"{name}.pid").read_text())
+        except (OSError, ValueError):
+            return float("nan")
+        total += process_tree_cpu_seconds(pid)
+    return total
+
+
+class Cpu:
+    """CPU seconds of this process and of ``servers`` between ``__enter__`` and ``__exit__``."""
+
+    def __init__(self, servers: tuple[str, ...]) -> None:
+        self.servers = servers
+        self.client = self.server = float("nan")
+
+    def __enter__(self) -> Cpu:
+        self._client, self._server = time.process_time(), server_cpu_seconds(self.servers)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client = time.process_time() - self._client
+        self.server = server_cpu_seconds(self.servers) - self._server
 
 
 def make_events(n: int) -> list[dict[str, Any]]:
@@ -116,58 +158,80 @@ async def preload(brokers: str, topic: str, events: list[dict[str, Any]]) -> Non
     await producer.stop()
 
 
-async def bare_elasticsearch(url: str, index: str, events: list[dict[str, Any]]) -> float:
-    """events/s of async_streaming_bulk writing the same actions (template installed first)."""
+async def bare_elasticsearch(
+    url: str, index: str, events: list[dict[str, Any]]
+) -> tuple[float, Cpu]:
+    """events/s of async_streaming_bulk writing the same actions (template installed first),
+    and the CPU it took (this process, Elasticsearch)."""
     sink = ElasticsearchSink(ElasticsearchSinkSettings(url=url, index=index), cluster="bench")
     await sink.start()  # the same template and alias as the pipeline's
     await sink.stop()
     now = datetime.now(UTC)
     client = AsyncElasticsearch(url, request_timeout=60)
-    started = time.monotonic()
-    actions = (build_action(e, index, "bench", now) for e in events)
-    async for ok, item in async_streaming_bulk(
-        client, actions, chunk_size=1000, raise_on_error=False, max_retries=3
-    ):
-        if not ok and item.get("index", {}).get("status") != 409:
-            raise SystemExit(f"bare bulk failed: {item}")
-    elapsed = time.monotonic() - started
+    with Cpu(ES_SERVERS) as cpu:
+        started = time.monotonic()
+        actions = (build_action(e, index, "bench", now) for e in events)
+        async for ok, item in async_streaming_bulk(
+            client, actions, chunk_size=1000, raise_on_error=False, max_retries=3
+        ):
+            if not ok and item.get("index", {}).get("status") != 409:
+                raise SystemExit(f"bare bulk failed: {item}")
+        elapsed = time.monotonic() - started
     await client.close()
-    return len(events) / elapsed
+    return len(events) / elapsed, cpu
 
 
-def bare_mysql(url: str, events: list[dict[str, Any]]) -> float:
-    """events/s of executemany with the sink's own upsert, in chunks of 500."""
+def bare_mysql(url: str, events: list[dict[str, Any]]) -> tuple[float, Cpu]:
+    """events/s of executemany with the sink's own upsert, and the CPU it took (this process,
+    MariaDB). Per 1000 events, the newest version per uid only, as the sink does per batch
+    (~1000 records): the same rows reach the server (~5/6 of the events here)."""
     engine = sa.create_engine(url)
     table = events_table("k8s_events")
     statement = upsert(table)
-    started = time.monotonic()
-    rows = [to_row(e) for e in events]
-    for start_at in range(0, len(rows), 1000):
-        with engine.begin() as conn:
-            for chunk in chunks(rows[start_at : start_at + 1000], 500):
-                conn.execute(statement, list(chunk))
-    elapsed = time.monotonic() - started
+    with Cpu(MYSQL_SERVERS) as cpu:
+        started = time.monotonic()
+        rows = [to_row(e) for e in events]
+        for start_at in range(0, len(rows), 1000):
+            batch = newest_per_uid(rows[start_at : start_at + 1000])
+            with engine.begin() as conn:
+                for chunk in chunks(batch, 500):
+                    conn.execute(statement, list(chunk))
+        elapsed = time.monotonic() - started
     engine.dispose()
-    return len(rows) / elapsed
+    return len(rows) / elapsed, cpu
 
 
 def run_pipeline(
-    config: Path, pipeline: str, names: dict[str, str], n: int
-) -> tuple[float, float, float, float]:
-    """(events/s after the first instant, wall seconds, peak RSS MiB, CPU seconds including
-    start-up) of one sink worker."""
+    config: Path, pipeline: str, names: dict[str, str], n: int, servers: tuple[str, ...]
+) -> tuple[Progress, float, float]:
+    """(its progress, with the CPU seconds of the worker and of ``servers`` after the first
+    instant; wall seconds; CPU seconds including start-up) of one sink worker."""
     port = free_port()
     env = {**names, "KUBEVENTS_WORKER_WEB_PORT": str(port)}
     args = ["--config", str(config), "worker", "--pipeline", pipeline, "--loglevel", "warning"]
     started = time.monotonic()
     proc = start(args, env, f"bench-sink-{pipeline}.log")
-    progress = wait_metric_progress(port, "kubevents_sink_written_total", n, 120 + n / 100, proc)
+    progress = wait_metric_progress(
+        port,
+        "kubevents_sink_written_total",
+        n,
+        120 + n / 100,
+        proc,
+        # Each scrape of /metrics costs the worker ~1 ms: at 50 a second (0.02 s) it took
+        # 7-13 % of its CPU (py-spy). 0.1 s: at most 0.1 s of error on either instant.
+        interval_s=0.1,
+        others=lambda: server_cpu_seconds(servers),
+    )
     cpu = cpu_seconds(proc.pid) if proc.poll() is None else float("nan")
     proc.terminate()
     proc.wait(60)
     if not progress.complete:
-        raise SystemExit(f"bench.sinks: {pipeline} wrote {int(progress.done_value)} of {n}")
-    return progress.rate, progress.done - started, progress.peak_rss_mib, cpu
+        # done_value is nan then: say where to look instead.
+        raise SystemExit(
+            f"bench.sinks: {pipeline} did not write {n} events in time"
+            f" (its log: .stack/logs/bench-sink-{pipeline}.log)"
+        )
+    return progress, progress.done - started, cpu
 
 
 def ratio(a: float, b: float) -> float | None:
@@ -177,6 +241,26 @@ def ratio(a: float, b: float) -> float | None:
 
 def figure(value: float) -> int | None:
     return None if math.isnan(value) or math.isinf(value) else round(value)
+
+
+def per_event_us(seconds: float, events: float) -> int | None:
+    return figure(seconds / events * 1e6) if events > 0 else None
+
+
+def cpu_figures(bare: Cpu, n: int, progress: Progress) -> dict[str, Any]:
+    """CPU µs per event: the bare loop's process and servers, the worker and the servers after
+    its first instant (Kafka and the destination, both sides; they may serve others too)."""
+    done = progress.done_value - progress.first_value
+    return {
+        "bare_cpu_us_per_event": {
+            "client": per_event_us(bare.client, n),
+            "servers": per_event_us(bare.server, n),
+        },
+        "pipeline_cpu_us_per_event": {
+            "worker": per_event_us(progress.cpu_s, done),
+            "servers": per_event_us(progress.others_cpu_s, done),
+        },
+    }
 
 
 def main() -> None:
@@ -194,6 +278,10 @@ def main() -> None:
     t = time.monotonic()
     asyncio.run(preload(brokers, topic, events))
     print(f"preloaded {len(events)} enriched events in {time.monotonic() - t:.1f}s", flush=True)
+    # The bare loops' process holds every event decoded (~10 objects each): the garbage
+    # collector's full collections would scan them all again and again, work no writing loop
+    # does. The same settling as the worker's once it started.
+    settle_garbage_collector()
     names = {
         "KUBEVENTS_TOPICS_RAW": f"bench-{tag}-raw",
         "KUBEVENTS_TOPICS_ENRICHED": topic,
@@ -226,15 +314,18 @@ def main() -> None:
     results: dict[str, Any] = {"events": len(events), "unique_events": unique}
     try:
         if args.only in (None, "elasticsearch"):
-            bare = asyncio.run(bare_elasticsearch(es_url, f"bench-{tag}-bare", events))
-            rate, wall, rss, cpu = run_pipeline(config, f"bench-es-{tag}", names, len(events))
+            bare, bare_cpu = asyncio.run(bare_elasticsearch(es_url, f"bench-{tag}-bare", events))
+            progress, wall, cpu = run_pipeline(
+                config, f"bench-es-{tag}", names, len(events), ES_SERVERS
+            )
             results["elasticsearch"] = {
                 "bare_bulk_events_per_s": figure(bare),
-                "pipeline_events_per_s_after_first": figure(rate),
+                "pipeline_events_per_s_after_first": figure(progress.rate),
                 "pipeline_events_per_s_wall": figure(len(events) / wall),
-                "ratio": ratio(rate, bare),
-                "pipeline_peak_rss_mib": round(rss, 1),
+                "ratio": ratio(progress.rate, bare),
+                "pipeline_peak_rss_mib": round(progress.peak_rss_mib, 1),
                 "pipeline_cpu_s": round(cpu, 1),
+                **cpu_figures(bare_cpu, len(events), progress),
             }
             from elasticsearch import Elasticsearch
 
@@ -246,17 +337,20 @@ def main() -> None:
                 raise SystemExit(f"bench.sinks: {docs} documents, expected {unique}")
         if args.only in (None, "mysql"):
             asyncio.run(migrate_mysql(url_of[databases[0]]))
-            bare = bare_mysql(url_of[databases[0]], events)
-            rate, wall, rss, cpu = run_pipeline(config, f"bench-mysql-{tag}", names, len(events))
+            bare, bare_cpu = bare_mysql(url_of[databases[0]], events)
+            progress, wall, cpu = run_pipeline(
+                config, f"bench-mysql-{tag}", names, len(events), MYSQL_SERVERS
+            )
             with sa.create_engine(url_of[databases[1]]).connect() as conn:
                 rows = conn.execute(sa.text("SELECT COUNT(*) FROM k8s_events")).scalar_one()
             results["mysql"] = {
                 "bare_executemany_events_per_s": figure(bare),
-                "pipeline_events_per_s_after_first": figure(rate),
+                "pipeline_events_per_s_after_first": figure(progress.rate),
                 "pipeline_events_per_s_wall": figure(len(events) / wall),
-                "ratio": ratio(rate, bare),
-                "pipeline_peak_rss_mib": round(rss, 1),
+                "ratio": ratio(progress.rate, bare),
+                "pipeline_peak_rss_mib": round(progress.peak_rss_mib, 1),
                 "pipeline_cpu_s": round(cpu, 1),
+                **cpu_figures(bare_cpu, len(events), progress),
                 "rows": rows,
             }
             if rows != unique:

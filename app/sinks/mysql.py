@@ -20,9 +20,9 @@ import asyncio
 import hashlib
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
@@ -36,7 +36,15 @@ from app.errors import Rejected, TransientError, UserError
 from app.settings import MySQLSinkSettings
 from app.sinks import mysql_tls
 from app.sinks.base import Event, Failure
-from app.sinks.mysql_rows import Row, chunks, events_table, newest_per_uid, to_row, upsert
+from app.sinks.mysql_rows import (
+    Row,
+    chunks,
+    driver_upsert,
+    events_table,
+    newest_per_uid,
+    to_row,
+    upsert,
+)
 
 MIGRATIONS = Path(__file__).with_name("mysql_migrations")
 # The table name is also the stem of its index names and alembic version table (64 characters
@@ -187,6 +195,7 @@ class MySQLSink:
             )
         self.options = options
         self._statement = upsert(events_table(options.table))
+        self._sql: tuple[str, Callable[[Row], Any]] | None = None  # compiled once connected
         self._engine: Engine | None = None
 
     async def start(self) -> None:
@@ -223,6 +232,8 @@ class MySQLSink:
                     " 8.0+ or MariaDB 10.6+"
                 )
             self._migrate_locked(conn)
+        # The dialect knows the server now (MariaDB's VALUES() or MySQL's row alias).
+        self._sql = driver_upsert(self._statement, engine.dialect)
 
     def _migrate_locked(self, conn: Connection) -> None:
         """Migrate under a named server lock: replicas starting together would otherwise race
@@ -262,13 +273,14 @@ class MySQLSink:
         return failures
 
     def _upsert(self, rows: list[Row]) -> None:
-        assert self._engine is not None, "write() before start()"
+        assert self._engine is not None and self._sql is not None, "write() before start()"
+        sql, parameters = self._sql
         try:
             with self._engine.begin() as conn:
                 for chunk in chunks(rows, self.options.chunk_rows):
                     # A list of parameter sets: executemany, one multi-row statement per chunk
                     # (PyMySQL splits it further only past ~1 MB, max_stmt_length).
-                    conn.execute(self._statement, list(chunk))
+                    conn.exec_driver_sql(sql, [parameters(row) for row in chunk])
         except SQLAlchemyError as exc:
             mapped = classify(exc)
             if mapped is None:

@@ -11,7 +11,7 @@ events and a uid lives in one cluster, so one row never meets both.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Tex
 from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.mysql import DATETIME, MEDIUMTEXT
 from sqlalchemy.dialects.mysql.dml import Insert
+from sqlalchemy.engine import Dialect
 
 from app.model.timeutil import parse_time
 from app.sinks.base import Event, numeric_version
@@ -180,3 +181,19 @@ def upsert(table: Table) -> Insert:
     sets += [(name, case((newer, new[name]), else_=old[name])) for name in FOLLOW_NEWEST]
     sets.append(("guard_version", func.greatest(old.guard_version, new.guard_version)))
     return stmt.on_duplicate_key_update(sets)
+
+
+def driver_upsert(statement: Insert, dialect: Dialect) -> tuple[str, Callable[[Row], Any]]:
+    """``statement`` compiled once for ``dialect`` (a connected engine's: MariaDB and MySQL
+    differ), as the driver's SQL, and what turns a row into its parameters: for
+    ``Connection.exec_driver_sql``, which hands them to PyMySQL's executemany as they are.
+    ``Connection.execute`` would process every row's parameters through the compiled statement
+    again (~17 us of the ~55 us per row of client CPU, against the stack's MariaDB); none of
+    these columns' types converts a value on the way in (checked: no bind processors)."""
+    compiled = statement.compile(dialect=dialect, column_keys=list(COLUMNS))
+    if compiled._bind_processors:  # a column type that converts: the driver must not skip it
+        raise TypeError(f"the upsert has bind processors: {sorted(compiled._bind_processors)}")
+    if compiled.positional:
+        order = list(compiled.positiontup or ())
+        return str(compiled), lambda row: tuple(row[name] for name in order)
+    return str(compiled), lambda row: row

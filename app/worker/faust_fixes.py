@@ -63,6 +63,17 @@ read offset past the records the seek reads again, which were then dropped as al
 the recovery waited for them forever ("No event received for active tp"). Here those seeks are
 counted per partition under the lock, and a record read before one of them moves nothing.
 
+8. Fetches that wait 1.5 s. Faust creates its worker's consumer with ``fetch_max_wait_ms=1500``
+(a constant in faust/transport/drivers/aiokafka.py, no setting), and aiokafka keeps one fetch in
+flight per broker, asking only for partitions whose fetched records were all taken. The app's
+one-partition leader topic (``<app>-__assignor-__leader``) never has records, so once the
+streamed partitions still held records from the last fetch, the next fetch asked for the
+leader topic alone and the broker held it for 1.5 s; the streamed partitions, drained
+meanwhile, could not be fetched until it returned. A sink worker waited 0.4-1.5 s for records
+every ~6,000 (bench.sinks, aiokafka's fetch requests timed): both sink pipelines topped out at
+~7k events/s whatever their destination. Here the broker holds a fetch ``FETCH_MAX_WAIT_MS`` at
+most; it still answers at once when records arrive, so nothing waits longer for them.
+
 Besides the corrections, the fetcher loop can hand a topic's records over in batches
 (``deliver_in_batches``, used by the core agent for the raw topic) instead of one event at a
 time through Faust's conductor, topic queue and stream, which cost more per record than the core
@@ -87,6 +98,8 @@ from faust.utils.functional import consecutive_numbers
 from app.testing import faults
 
 _original_ack = faust_consumer.Consumer.ack
+# Fix 8: long enough that an idle worker asks the broker only ~10 times a second.
+FETCH_MAX_WAIT_MS = 100
 _log = logging.getLogger("kubevents.faust_fixes")
 
 
@@ -464,6 +477,17 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
         self.diag.unset_flag(faust_consumer.CONSUMER_FETCHING)
 
 
+_original_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
+
+
+def _create_worker_consumer(self: Any, transport: Any) -> Any:
+    """Faust's worker consumer, its fetches held by the broker FETCH_MAX_WAIT_MS at most (fix
+    8); read by aiokafka when the consumer starts."""
+    consumer = _original_create_worker_consumer(self, transport)
+    consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+    return consumer
+
+
 def apply() -> None:
     faust_consumer.Consumer.ack = _ack  # type: ignore[method-assign]
     faust_consumer.Consumer._new_offset = _new_offset  # type: ignore[method-assign]
@@ -472,3 +496,4 @@ def apply() -> None:
     faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]
     faust_aiokafka.AIOKafkaConsumerThread._seek_wait = _seek_wait  # type: ignore[method-assign]
     faust_aiokafka.ConsumerRebalanceListener.on_partitions_assigned = _on_partitions_assigned  # type: ignore[method-assign]
+    faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]

@@ -4,6 +4,7 @@ for MariaDB and for MySQL 8, PyMySQL's batching of it, and the error classificat
 from __future__ import annotations
 
 import asyncio
+import copy
 import re
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,7 @@ from app.sinks.mysql_rows import (
     COLUMNS,
     FOLLOW_NEWEST,
     chunks,
+    driver_upsert,
     events_table,
     fallback_version,
     newest_per_uid,
@@ -228,16 +230,31 @@ class RecordingCursor(Cursor):
         return 1
 
 
+@pytest.mark.parametrize("paramstyle", ["format", "pyformat"])
 @pytest.mark.parametrize("server", SERVERS)
-def test_pymysql_sends_one_statement_for_a_chunk(server: str) -> None:
-    d, _ = SERVERS[server]
-    compiled = upsert(events_table("k8s_events")).compile(dialect=d, column_keys=list(COLUMNS))
+def test_pymysql_sends_one_statement_for_a_chunk(server: str, paramstyle: str) -> None:
+    """What the sink hands PyMySQL (driver_upsert: the SQL compiled once, each row's
+    parameters as they are), in either paramstyle an engine may have: one statement per
+    chunk, whose values are those SQLAlchemy's own execution would send."""
+    d = copy.copy(SERVERS[server][0])  # the others test the default paramstyle
+    d.paramstyle, d.positional = paramstyle, paramstyle == "format"
+    statement = upsert(events_table("k8s_events"))
+    sql, parameters = driver_upsert(statement, d)
     rows = [to_row(record(uid=f"u-{i}", rv=str(100 + i))) for i in range(50)]
     cursor = RecordingCursor()
-    cursor.executemany(str(compiled), [tuple(r[k] for k in compiled.positiontup) for r in rows])
+    cursor.executemany(sql, [parameters(r) for r in rows])
     assert len(cursor.sent) == 1
     assert cursor.sent[0].count("'u-") == 50
     assert "'2024-05-01 12:05:30.123456'" in cursor.sent[0]
+    compiled = statement.compile(dialect=d, column_keys=list(COLUMNS))
+    via_sqlalchemy = RecordingCursor()
+    processed = [compiled.construct_params(r) for r in rows]
+    if compiled.positional:
+        order = compiled.positiontup or []
+        via_sqlalchemy.executemany(str(compiled), [tuple(p[k] for k in order) for p in processed])
+    else:
+        via_sqlalchemy.executemany(str(compiled), processed)
+    assert cursor.sent == via_sqlalchemy.sent
 
 
 # --------------------------------------------------------------------------------------------

@@ -103,3 +103,24 @@ def test_delivers_directly_only_when_nothing_in_faust_can_wait() -> None:
         {"full_queue": True},  # one reading channel's queue is full: its put waits
     ):
         assert _deliverable(fetcher_consumer(**blocked))(TP) is False, blocked
+
+
+def test_worker_consumer_fetches_are_held_at_most_fetch_max_wait_ms() -> None:
+    """Fix 8: Faust's 1.5 s is replaced in the consumer it builds (no broker needed: the
+    consumer is only built, never started)."""
+    import asyncio
+
+    import faust
+
+    from app.worker import faust_fixes
+
+    faust_fixes.apply()
+    app = faust.App(f"unit-fetch-wait-{id(object())}", broker="kafka://127.0.0.1:1")
+
+    async def build() -> int:
+        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        await consumer.stop()  # never started; closed so that it does not warn
+        return int(consumer._fetch_max_wait_ms)
+
+    assert faust_fixes.FETCH_MAX_WAIT_MS <= 100
+    assert asyncio.run(build()) == faust_fixes.FETCH_MAX_WAIT_MS
