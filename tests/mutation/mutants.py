@@ -317,7 +317,9 @@ ROWS = "app/sinks/mysql_rows.py"
 GUARD_LAST = (
     '    sets.append(("guard_version", func.greatest(old.guard_version, new.guard_version)))\n'
 )
-CHUNK_EXECUTE = "                    conn.execute(self._statement, list(chunk))\n"
+CHUNK_EXECUTE = (
+    "                    conn.exec_driver_sql(sql, [parameters(row) for row in chunk])\n"
+)
 MIGRATION_LOCK_TAKEN = (
     "        conn.commit()  # alembic leaves a transaction it did not open to its opener\n"
 )
@@ -380,7 +382,7 @@ MUTANTS += [
         path="app/sinks/mysql.py",
         old=CHUNK_EXECUTE,
         new="                    for row in chunk:\n"
-        "                        conn.execute(self._statement, row)\n",
+        "                        conn.exec_driver_sql(sql, parameters(row))\n",
         tests=(f"{MYSQL_TESTS}::test_each_chunk_is_one_multi_row_statement",),
     ),
     Mutant(
