@@ -331,7 +331,7 @@ class PipelineSettings(BaseModel):
     sink: SinkKind
     batch_size: int = Field(1000, ge=1, description="Most events written in one go.")
     batch_delay_ms: int = Field(
-        200, ge=0, description="Wait up to this long for a batch to fill (linger)."
+        50, ge=0, description="Wait up to this long for a batch to fill (linger)."
     )
     concurrency: int = Field(1, ge=1, description="Writes of one batch in flight at once.")
     retry_initial_ms: int = Field(200, ge=1, description="First retry backoff, ms.")
