@@ -78,38 +78,12 @@ EOF
   touch "$HOME_DIR/.installed"
 }
 
-# A throwaway CA, a broker certificate for 127.0.0.1/localhost and a client certificate, made once
-# (openssl takes about a second; later starts reuse them until a month before they expire).
-make_certs() {
-  local fresh=1 f
-  for f in ca.pem broker.pem client.pem; do
-    openssl x509 -checkend 2592000 -noout -in "$TLS_DIR/$f" >/dev/null 2>&1 || fresh=0
-  done
-  [[ -f "$TLS_DIR/broker-keystore.pem" && -f "$TLS_DIR/client.key" ]] || fresh=0
-  ((fresh)) && return 0
-  log "kafka: generating a throwaway CA and TLS certificates in $TLS_DIR"
-  rm -rf "$TLS_DIR"
-  mkdir -p "$TLS_DIR"
-  (
-    cd "$TLS_DIR"
-    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 -keyout ca.key -out ca.pem \
-      -subj "/CN=kubevents stack CA" -addext "basicConstraints=critical,CA:TRUE" \
-      -addext "keyUsage=critical,keyCertSign,cRLSign"
-    sign() {  # sign NAME SUBJECT EXTENSIONS
-      openssl req -new -newkey rsa:2048 -nodes -sha256 -keyout "$1.key" -out "$1.csr" -subj "$2"
-      printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
-        "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid,issuer" "$3" >"$1.ext"
-      openssl x509 -req -sha256 -days 825 -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial \
-        -extfile "$1.ext" -out "$1.pem"
-      rm -f "$1.csr" "$1.ext"
-    }
-    # Clients check the host name: the broker's certificate must name 127.0.0.1 (SAN, not CN).
-    sign broker "/CN=localhost" $'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth'
-    sign client "/CN=kubevents-client" "extendedKeyUsage=clientAuth"
-    # Kafka's PEM key store: the (PKCS#8, unencrypted) key and the certificate in one file.
-    cat broker.key broker.pem >broker-keystore.pem
-    chmod 600 ./*.key broker-keystore.pem
-  ) >>"$LOGS/kafka.log" 2>&1 || die "kafka: certificate generation failed (see $LOGS/kafka.log)"
+# The stack's TLS material (stack/lib.sh, make_certs), and Kafka's PEM key store: the (PKCS#8,
+# unencrypted) key and the certificate in one file.
+make_kafka_certs() {
+  make_certs kafka "$TLS_DIR" broker || [[ ! -f "$TLS_DIR/broker-keystore.pem" ]] || return 0
+  cat "$TLS_DIR/broker.key" "$TLS_DIR/broker.pem" >"$TLS_DIR/broker-keystore.pem"
+  chmod 600 "$TLS_DIR/broker-keystore.pem"
 }
 
 write_config() {
@@ -249,7 +223,7 @@ start() {
     log "kafka data was written by $(cat "$DATA_DIR/.version"), now $KAFKA_VERSION: wiping $DATA_DIR"
     rm -rf "$DATA_DIR"
   fi
-  make_certs
+  make_kafka_certs
   write_config
   local opts; mapfile -t opts < <(java_opts)
   if [[ ! -f "$LOG_DIRS/meta.properties" ]]; then

@@ -73,3 +73,38 @@ fetch_maven() {
   mkdir -p "$dest"
   mvn -q -B dependency:copy -Dartifact="$coords" -DoutputDirectory="$dest" -Dmdep.overWriteIfNewer=true >&2
 }
+
+# make_certs SERVICE DIR SERVER [CA_CN]: in DIR a throwaway CA (ca.pem), a server certificate
+# SERVER.pem/.key for 127.0.0.1/localhost and a client certificate client.pem/.key, made once
+# (openssl takes about a second; later starts reuse them until a month before they expire).
+# Clients check the host name: the server certificate names 127.0.0.1 and localhost only (SAN,
+# not CN), so that connecting by another name (the machine's host name) fails the check.
+# Returns 0 when it made them, 1 when those in DIR were reused.
+make_certs() {
+  local service="$1" dir="$2" server="$3" ca_cn="${4:-kubevents stack CA}" fresh=1 f
+  for f in ca.pem "$server.pem" client.pem; do
+    openssl x509 -checkend 2592000 -noout -in "$dir/$f" >/dev/null 2>&1 || fresh=0
+  done
+  [[ -f "$dir/$server.key" && -f "$dir/client.key" ]] || fresh=0
+  ((fresh)) && return 1
+  log "$service: generating a throwaway CA and TLS certificates in $dir"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  (
+    cd "$dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 -keyout ca.key -out ca.pem \
+      -subj "/CN=$ca_cn" -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign"
+    sign() {  # sign NAME SUBJECT EXTENSIONS
+      openssl req -new -newkey rsa:2048 -nodes -sha256 -keyout "$1.key" -out "$1.csr" -subj "$2"
+      printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
+        "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid,issuer" "$3" >"$1.ext"
+      openssl x509 -req -sha256 -days 825 -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial \
+        -extfile "$1.ext" -out "$1.pem"
+      rm -f "$1.csr" "$1.ext"
+    }
+    sign "$server" "/CN=localhost" $'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth'
+    sign client "/CN=kubevents-client" "extendedKeyUsage=clientAuth"
+    chmod 600 ./*.key
+  ) >>"$LOGS/$service.log" 2>&1 || die "$service: certificate generation failed (see $LOGS/$service.log)"
+}

@@ -27,39 +27,6 @@ install() {
   apt-get install -y -q "${pkgs[@]}" >&2 || { apt-get update -q >&2 && apt-get install -y -q "${pkgs[@]}" >&2; }
 }
 
-# A throwaway CA, a server certificate for 127.0.0.1/localhost and a client certificate, made once
-# (later starts reuse them until a month before they expire), as stack/kafka.sh makes its own.
-make_certs() {
-  local fresh=1 f
-  for f in ca.pem server.pem client.pem; do
-    openssl x509 -checkend 2592000 -noout -in "$TLS_DIR/$f" >/dev/null 2>&1 || fresh=0
-  done
-  [[ -f "$TLS_DIR/server.key" && -f "$TLS_DIR/client.key" ]] || fresh=0
-  ((fresh)) && return 0
-  log "mariadb: generating a throwaway CA and TLS certificates in $TLS_DIR"
-  rm -rf "$TLS_DIR"
-  mkdir -p "$TLS_DIR"
-  (
-    cd "$TLS_DIR"
-    openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 -keyout ca.key -out ca.pem \
-      -subj "/CN=kubevents stack MariaDB CA" -addext "basicConstraints=critical,CA:TRUE" \
-      -addext "keyUsage=critical,keyCertSign,cRLSign"
-    sign() {  # sign NAME SUBJECT EXTENSIONS
-      openssl req -new -newkey rsa:2048 -nodes -sha256 -keyout "$1.key" -out "$1.csr" -subj "$2"
-      printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
-        "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid,issuer" "$3" >"$1.ext"
-      openssl x509 -req -sha256 -days 825 -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial \
-        -extfile "$1.ext" -out "$1.pem"
-      rm -f "$1.csr" "$1.ext"
-    }
-    # Clients check the host name: the certificate must name 127.0.0.1 (SAN, not CN). Only these
-    # two names, so that connecting by another name (the machine's host name) fails the check.
-    sign server "/CN=localhost" $'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth'
-    sign client "/CN=kubevents-client" "extendedKeyUsage=clientAuth"
-    chmod 600 ./*.key
-  ) >>"$LOGS/mariadb.log" 2>&1 || die "mariadb: certificate generation failed (see $LOGS/mariadb.log)"
-}
-
 # The certificates' directory with symbolic links resolved: a worktree whose .stack links to the
 # main checkout's writes paths that outlive the worktree.
 tls_dir() { (cd "$TLS_DIR" 2>/dev/null && pwd -P) || echo "$TLS_DIR"; }
@@ -76,7 +43,7 @@ start() {
       --auth-root-authentication-method=normal --skip-test-db >>"$LOGS/mariadb.log" 2>&1 \
       || { tail -n 20 "$LOGS/mariadb.log" >&2; rm -rf "$DATA_DIR"; die "mariadb-install-db failed"; }
   fi
-  make_certs
+  make_certs mariadb "$TLS_DIR" server "kubevents stack MariaDB CA" || true  # 1: reused
   local tls; tls="$(tls_dir)"
   # --no-defaults: ignore /etc/mysql; everything the tests rely on is on this command line.
   # Durability knobs are relaxed (flush once a second): test data, and much faster commits.
