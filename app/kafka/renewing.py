@@ -7,6 +7,14 @@ aiokafka's sender task then stops for good: every later send fails, however ofte
 A fresh producer (a new producer id, new sequences) is the way out. Records the old one had in
 flight fail and are sent again by their callers, who retry until acknowledged: exact repeats at
 worst, never a loss.
+
+A stopped sender also leaves batches nobody will ever resolve: aiokafka fails the queued batches
+only when its sender dies of an error, not when it is cancelled (as ``stop`` does), and a produce
+request Kafka answered with a retriable error (NotEnoughReplicas while a cluster restarts) puts its
+batch back into the queue even after the sender stopped. Awaiting such a batch's future hangs
+forever and its records are never sent again: one repeat of an event lost in the fault suite's
+Kafka cluster restart. ``acknowledged`` waits for the batches or the sender's end, whichever
+comes first, and the latter is a failure the caller retries on the renewed producer.
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import aiokafka.codec
 import aiokafka.record._crecords.default_records as c_default_records
@@ -24,6 +33,7 @@ import aiokafka.record.legacy_records as py_legacy_records
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import (
     InvalidProducerEpoch,
+    KafkaError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
     UnknownProducerId,
@@ -33,6 +43,30 @@ log = logging.getLogger("kubevents.kafka")
 
 # Errors after which aiokafka's sender no longer works (it re-raises them and stops).
 BROKEN = (OutOfOrderSequenceNumber, ProducerFenced, UnknownProducerId, InvalidProducerEpoch)
+
+
+class SenderStopped(KafkaError):  # type: ignore[misc]  # aiokafka is untyped
+    """The producer's sender stopped while batches of ours were unresolved: they never will be."""
+
+    retriable = True
+
+
+def sender_task(producer: Any) -> asyncio.Task[None] | None:
+    sender = getattr(producer, "_sender", None)
+    return getattr(sender, "sender_task", None)
+
+
+async def acknowledged(producer: Any, futures: Sequence[asyncio.Future[Any]]) -> list[Any]:
+    """The results of ``producer``'s batch ``futures`` once all are resolved (the first failure
+    raised, as ``gather`` would); ``SenderStopped`` if its sender ends with some unresolved."""
+    sender = sender_task(producer)
+    while waiting := {f for f in futures if not f.done()}:
+        if sender is not None and sender.done():
+            raise SenderStopped(f"the producer's sender stopped with {len(waiting)} batches unsent")
+        await asyncio.wait(
+            waiting if sender is None else {*waiting, sender}, return_when=asyncio.FIRST_COMPLETED
+        )
+    return [f.result() for f in futures]
 
 
 class RenewingProducer:
@@ -50,8 +84,7 @@ class RenewingProducer:
 
     @staticmethod
     def broken(producer: AIOKafkaProducer, exc: BaseException) -> bool:
-        sender = getattr(producer, "_sender", None)
-        task = getattr(sender, "sender_task", None)
+        task = sender_task(producer)
         return isinstance(exc, BROKEN) or (task is not None and task.done())
 
     async def renew(self, producer: AIOKafkaProducer) -> None:

@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter
 
 from app.kafka.client import partition_of, ready_batches, start_producer
-from app.kafka.renewing import RenewingProducer
+from app.kafka.renewing import RenewingProducer, acknowledged
 from app.settings import KafkaSettings
 
 log = logging.getLogger("kubevents.kafka")
@@ -87,7 +87,7 @@ class BatchWriter:
             producer = self._kafka.current
             try:
                 return await self._settle(
-                    topic, items, await self._enqueue(producer, topic, partition, items)
+                    producer, topic, items, await self._enqueue(producer, topic, partition, items)
                 )
             except KafkaError as exc:
                 attempt += 1
@@ -110,7 +110,7 @@ class BatchWriter:
         async def settled() -> int:
             if failure is None:
                 try:
-                    return await self._settle(topic, items, sent)
+                    return await self._settle(producer, topic, items, sent)
                 except KafkaError as exc:
                     await self._failed(producer, topic, partition, len(items), exc, attempt=1)
             else:
@@ -130,9 +130,11 @@ class BatchWriter:
 
     @staticmethod
     async def _settle(
-        topic: str, items: Sequence[tuple[bytes, bytes]], sent: list[tuple[Any, int]]
+        producer: Any, topic: str, items: Sequence[tuple[bytes, bytes]], sent: list[tuple[Any, int]]
     ) -> int:
-        metadata = await asyncio.gather(*(future for future, _ in sent))
+        # Not a bare gather: a batch left behind by a stopped sender never resolves
+        # (app/kafka/renewing.py); its end is a failure, retried on the renewed producer.
+        metadata = await acknowledged(producer, [future for future, _ in sent])
         WRITTEN.labels(topic).inc(len(items))
         if not sent:
             return -1

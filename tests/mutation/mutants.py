@@ -170,6 +170,23 @@ MUTANTS += [
     ),
 ]
 
+# The one Kafka batch writer (app/kafka/writer.py), under every path that writes to Kafka.
+MUTANTS += [
+    Mutant(
+        name="kafka-orphaned-batches-awaited",
+        why="a write awaits its batches' futures alone: a batch left in a producer whose sender "
+        "stopped (cancelled while Kafka answered NotEnoughReplicas) is never resolved nor sent "
+        "again, and its records are lost (a repeat lost in a Kafka cluster restart)",
+        path="app/kafka/writer.py",
+        old="        metadata = await acknowledged(producer, [future for future, _ in sent])\n",
+        new="        metadata = await asyncio.gather(*(future for future, _ in sent))\n",
+        tests=(
+            "tests/integration/test_kafka_writer.py"
+            "::test_records_left_behind_by_a_stopped_sender_are_sent_again",
+        ),
+    ),
+]
+
 # The fault suite (tests/e2e/test_faults.py), one fault of it per mutant to keep the gate short.
 E2E = "tests/e2e/test_faults.py::test_nothing_lost_doubled_or_miscounted_under_each_fault"
 MUTANTS += [
