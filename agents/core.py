@@ -1,8 +1,8 @@
 """The core agent: raw topic -> decode/dedupe/enrich/count -> enriched topic, DLQ and tables.
 
 It takes the raw records in batches, handed over by Faust's fetcher loop as it reads them (at
-most ``KUBEVENTS_WORKER_BATCH_SIZE``; app/worker/faust_fixes.py, ``deliver_in_batches``) instead
-of one event at a time through Faust's stream, and for each batch, in this order:
+most ``KUBEVENTS_WORKER_BATCH_SIZE``; app/worker/batched_delivery.py) instead of one event at a
+time through Faust's stream, and for each batch, in this order:
   1. decides and builds every output (dedupe reads the table plus what this batch decided);
   2. publishes the outputs and waits until Kafka acknowledged all of them (acks=all);
   3. writes the count increments, then the dedupe rows, to the tables (tables/writer.py:

@@ -292,7 +292,7 @@ def delete_indices(es_url: str, prefixes: list[str]) -> None:
     ``prefix`` (only names the benchmark made: others' indices are never touched)."""
     from elasticsearch import Elasticsearch
 
-    from app.sinks.elasticsearch import template_name
+    from app.sinks.elasticsearch_indices import template_name
 
     es = Elasticsearch(es_url, request_timeout=60)
     try:

@@ -5,7 +5,8 @@ One document per event ``uid``, in the daily index of the event's first occurren
 daily index. Each write is a full-document ``index`` with the event's resourceVersion as an
 external version (``external_gte``), so a redelivery changes nothing and a late older version is
 refused by Elasticsearch itself (409, counted as done). Nothing here ever deletes a document; only
-``retention_days``, when set, deletes whole daily indices older than that.
+``retention_days``, when set, deletes whole daily indices older than that. The template, the
+mappings and the retention of the daily indices: app/sinks/elasticsearch_indices.py.
 
 Facts this relies on, checked against the stack's server and the client: /work/shared/SINKS.md.
 """
@@ -13,9 +14,7 @@ Facts this relies on, checked against the stack's server and the client: /work/s
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -39,6 +38,12 @@ from app.errors import Rejected, TransientError, UserError
 from app.model.timeutil import parse_time
 from app.settings import ElasticsearchSinkSettings
 from app.sinks.base import MAX_VERSION, Event, Failure, numeric_version
+from app.sinks.elasticsearch_indices import (
+    RETENTION_EVERY_S,
+    delete_older_indices,
+    index_name,
+    index_template,
+)
 
 LOG = logging.getLogger(__name__)
 DOCUMENTS = Counter(
@@ -47,101 +52,9 @@ DOCUMENTS = Counter(
     ["outcome"],
 )
 
-TEMPLATE_VERSION = 1
 # A bulk request stays well under http.max_content_length (100 MB by default): one batch of
 # large events (raw objects, 30 KB messages) is cut into several requests.
 MAX_REQUEST_BYTES = 8 << 20
-RETENTION_EVERY_S = 3600.0
-
-# ---------------------------------------------------------------------------------------------
-# The index template
-
-# ignore_above everywhere: a keyword longer than 32766 bytes would reject the whole document
-# ("immense term"); an over-long value stays in _source, only unsearchable as a keyword.
-KEYWORD: dict[str, Any] = {"type": "keyword", "ignore_above": 1024}
-# date_nanos keeps the microseconds for sorting (date would round to milliseconds), but cannot hold
-# dates before 1970: ignore_malformed keeps a document with first_seen 0001-01-01 (Go's zero
-# time) instead of rejecting it; the value stays in _source, it is only not indexed.
-DATE: dict[str, Any] = {"type": "date_nanos", "ignore_malformed": True}
-
-
-def _keywords(*names: str) -> dict[str, Any]:
-    return {"properties": {name: KEYWORD for name in names}}
-
-
-MAPPINGS: dict[str, Any] = {
-    # A field added to the schema later must not reject documents (strict would) nor grow the
-    # mapping by itself (true would): it is stored in _source and mapped by a template upgrade.
-    "dynamic": False,
-    "properties": {
-        "schema_version": {"type": "integer"},
-        "uid": KEYWORD,
-        "cluster": KEYWORD,
-        "namespace": KEYWORD,
-        "name": KEYWORD,
-        "resource_version": KEYWORD,
-        "api_version": KEYWORD,
-        "watch_type": KEYWORD,
-        "involved_object": _keywords(
-            "kind", "name", "namespace", "uid", "api_version", "field_path"
-        ),
-        "type": KEYWORD,
-        "reason": KEYWORD,
-        "message": {"type": "text", "fields": {"keyword": KEYWORD}},
-        "action": KEYWORD,
-        "reporting_component": KEYWORD,
-        "reporting_instance": KEYWORD,
-        "count": {"type": "long"},
-        "count_delta": {"type": "long"},
-        "first_seen": DATE,
-        "last_seen": DATE,
-        "observed_at": DATE,
-        "producer": KEYWORD,
-        "severity": KEYWORD,
-        # Label keys are user data: under object mapping "app" then "app.kubernetes.io/name" is
-        # a mapping conflict, and every new key a new field. flattened takes any key as one field.
-        "labels": {"type": "flattened", "ignore_above": 1024},
-        # object, not nested: root_owner answers "which Deployment"; nested would cost a hidden
-        # document per owner for queries that pair kind and name inside one owner.
-        "owners": _keywords("kind", "name", "uid", "api_version"),
-        "root_owner": _keywords("kind", "name"),
-        "enrichment": _keywords("status", "error"),
-        # The Event as the API server sent it: unbounded keys, kept in _source, never parsed.
-        "raw": {"type": "object", "enabled": False},
-    },
-}
-
-
-def template_name(index: str) -> str:
-    return f"kubevents-{index}"
-
-
-def index_template(index: str) -> dict[str, Any]:
-    """The composable index template of ``index``'s daily indices (put_index_template's
-    arguments)."""
-    return {
-        "name": template_name(index),
-        "index_patterns": [f"{index}-*"],
-        # Two kubevents indices where one name prefixes the other (k8s-events, k8s-events-prod)
-        # have overlapping patterns, which Elasticsearch refuses at equal priority; the longer,
-        # more specific name wins. Above 100, the priority of Elastic's built-in templates.
-        "priority": 200 + len(index),
-        "version": TEMPLATE_VERSION,
-        "meta": {"managed_by": "kubevents", "schema": "k8s-event.v1"},
-        "template": {
-            "settings": {
-                "number_of_shards": 1,
-                # One replica once a second data node exists, none before: a fixed replica on a
-                # single-node cluster stays unassigned and the cluster yellow forever.
-                "auto_expand_replicas": "0-1",
-                # Events are kept forever and mostly read rarely: disk over CPU.
-                "codec": "best_compression",
-            },
-            "mappings": MAPPINGS,
-            "aliases": {index: {}},
-        },
-    }
-
 
 # ---------------------------------------------------------------------------------------------
 # Documents and actions
@@ -183,28 +96,6 @@ def index_day(event: Event, now: datetime) -> date:
     if when is not None and EARLIEST <= when <= now + SLACK:
         return when.date()
     raise BadEvent("no plausible first_seen, creationTimestamp, last_seen or observed_at")
-
-
-@functools.lru_cache(maxsize=256)  # a few days per index: formatting the date each time cost ~2 us
-def index_name(index: str, day: date) -> str:
-    return f"{index}-{day:%Y.%m.%d}"
-
-
-_DAILY = re.compile(r"-(\d{4})\.(\d{2})\.(\d{2})$")
-
-
-def daily_index_day(index: str, name: str) -> date | None:
-    """The day of ``name`` when it is one of ``index``'s daily indices (exactly
-    ``<index>-YYYY.MM.DD``: never ``<index>-prod-YYYY.MM.DD``, another pipeline's), else None."""
-    if not name.startswith(index + "-"):
-        return None
-    match = _DAILY.match(name, len(index))
-    if match is None or match.end() != len(name):
-        return None
-    try:
-        return date(int(match[1]), int(match[2]), int(match[3]))
-    except ValueError:
-        return None
 
 
 COUNT_SLOTS = 1000  # µs since 1970 x 1000 stays below 2^63 until the year 2262
@@ -536,21 +427,9 @@ class ElasticsearchSink:
                 ) from None
 
     async def _expire(self, client: AsyncElasticsearch) -> None:
-        """Delete the daily indices older than retention_days, by their names' day."""
         assert self.options.retention_days is not None
         self._next_retention = time.monotonic() + RETENTION_EVERY_S
-        index = self.options.index
-        cutoff = datetime.now(UTC).date() - timedelta(days=self.options.retention_days)
-        found = await client.indices.get_alias(index=f"{index}-*", expand_wildcards="open,closed")
-        old = sorted(
-            name
-            for name in found.body
-            if (day := daily_index_day(index, name)) is not None and day < cutoff
-        )
-        for start in range(0, len(old), 50):  # a URL of a few KB at most
-            names = old[start : start + 50]
-            await client.indices.delete(index=",".join(names), ignore_unavailable=True)
-            LOG.info("retention: deleted %s", ", ".join(names))
+        await delete_older_indices(client, self.options.index, self.options.retention_days)
 
     async def write(self, events: Sequence[Event]) -> list[Failure]:
         if self.client is None:

@@ -1,7 +1,7 @@
 """The batch loop: how every pipeline commits only after the write. The one place of the protocol.
 
 Faust's fetcher loop hands a topic's records over in batches, straight from each fetch and in
-each partition's order (app/worker/faust_fixes.py, ``deliver_in_batches``), into this loop's
+each partition's order (app/worker/batched_delivery.py, ``deliver_in_batches``), into this loop's
 queue (at most two batches wait). For each batch the loop:
   1. optionally lingers for more (up to ``linger_ms`` or ``linger_records``): sinks want fuller
      batches than one fetch; batches of another consumer generation are never merged;
@@ -43,7 +43,7 @@ from prometheus_client import Counter
 
 from app.errors import UserError
 from app.testing import faults
-from app.worker import faust_fixes
+from app.worker import batched_delivery
 from app.worker.stall import StallWatch
 
 log = logging.getLogger("kubevents.batch_loop")
@@ -121,7 +121,9 @@ class BatchLoop:
         have the fetcher hand its records over here, and run the loop as an app task (started
         with the worker, once its tables are recovered)."""
         self.app.topics.add(self.topic)
-        faust_fixes.deliver_in_batches(self.topic.get_topic_name(), self.queue.put, self.batch_size)
+        batched_delivery.deliver_in_batches(
+            self.topic.get_topic_name(), self.queue.put, self.batch_size
+        )
         self.app.task(self.run)
 
         # Every 5 s: a worker owning unread records that hands nothing over says so (stall.py).

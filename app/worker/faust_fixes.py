@@ -74,11 +74,11 @@ every ~6,000 (bench.sinks, aiokafka's fetch requests timed): both sink pipelines
 ~7k events/s whatever their destination. Here the broker holds a fetch ``FETCH_MAX_WAIT_MS`` at
 most; it still answers at once when records arrive, so nothing waits longer for them.
 
-Besides the corrections, the fetcher loop can hand a topic's records over in batches
-(``deliver_in_batches``, used by the core agent for the raw topic) instead of one event at a
-time through Faust's conductor, topic queue and stream, which cost more per record than the core
-agent's whole work on it (bench/core.py). The same sequence rules apply: read offsets move only
-for records really handed over, under the generation and seek count they were read with.
+Besides the corrections, the fetcher loop here can hand a topic's records over in batches
+(app/worker/batched_delivery.py, used by every pipeline's batch loop) instead of one event at a
+time through Faust's conductor, topic queue and stream. The same sequence rules apply: read
+offsets move only for records really handed over, under the generation and seek count they were
+read with.
 """
 
 from __future__ import annotations
@@ -87,7 +87,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from aiokafka.errors import IllegalStateError
@@ -96,6 +95,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.utils.functional import consecutive_numbers
 
 from app.testing import faults
+from app.worker.batched_delivery import Batches, batched, deliverable_check
 
 _original_ack = faust_consumer.Consumer.ack
 # Fix 8: long enough that an idle worker asks the broker only ~10 times a second.
@@ -119,7 +119,7 @@ def _ack(self: Any, message: Any) -> bool:
     return bool(_original_ack(self, message))
 
 
-class _ReadState:
+class ReadState:
     """Shared by the consumer thread (which seeks) and the fetcher loop (which delivers)."""
 
     def __init__(self) -> None:
@@ -152,8 +152,8 @@ class _ReadState:
                 self.reseek.pop(tp, None)
 
 
-def _state(consumer: Any) -> _ReadState:
-    return cast(_ReadState, consumer.__dict__.setdefault("_kubevents_read", _ReadState()))
+def _state(consumer: Any) -> ReadState:
+    return cast(ReadState, consumer.__dict__.setdefault("_kubevents_read", ReadState()))
 
 
 async def _seek_all(consumer: Any, faust: Any, streamed: Any) -> Any:
@@ -269,117 +269,6 @@ def _new_offset(self: Any, tp: Any) -> int | None:
     return int(batch[-1]) + 1
 
 
-_batched: dict[str, tuple[Callable[[list[Any]], Awaitable[Any]], int]] = {}
-
-
-def deliver_in_batches(
-    topic: str, hand_over: Callable[[list[Any]], Awaitable[Any]], max_batch: int
-) -> None:
-    """Have the fetcher loop hand ``topic``'s records over as lists (at most ``max_batch``, in
-    each partition's order) to ``hand_over`` instead of one by one through Faust's conductor,
-    topic queue and stream: that path costs ~100 us per record here, more than all the work the
-    core agent does on it. Records handed over are acked with ``consumer.ack(message)`` (fix 1
-    and 4 apply); records of an earlier generation are not handed over."""
-    _batched[topic] = (hand_over, max_batch)
-
-
-def _deliverable(consumer: Any) -> Any:
-    """A check that Faust's delivery of a record of a partition (the conductor's callback) will
-    complete without waiting: flow not suspended, Faust's producer buffer not over its limit,
-    the conductor's index not being rebuilt, and room in the queue of every channel reading the
-    partition. Then the fetcher loop awaits the callback itself; otherwise it races it against
-    a flow suspension (``wait_first``, which costs two tasks and a wait per record: ~10 % of a
-    worker's CPU, bench/core.py)."""
-    app = consumer.app
-    suspend_flow, flow_control, buffer = consumer.suspend_flow, app.flow_control, None
-    tp_index, lock = app.topics._tp_index, app.topics._tp_to_callback_lock
-
-    def deliverable(tp: Any) -> bool:
-        nonlocal buffer
-        if buffer is None:
-            buffer = app.producer.buffer
-        return (
-            not suspend_flow.is_set()
-            and flow_control.is_active()
-            and buffer.size <= buffer.max_messages
-            and not lock.locked()
-            and not any(channel.queue.full() for channel in tp_index.get(tp, ()))
-        )
-
-    return deliverable
-
-
-class _Batches:
-    """The records of batched topics (``deliver_in_batches``) read by one pass of the fetcher
-    loop, handed over together. Their read offsets move only once they are handed over, and only
-    if no seek happened since they were read (a seek sets the next offset itself); a batch read
-    under an earlier generation, or overtaken by a seek or a flow suspension, is dropped: its
-    records are read again from where the seek put the partition."""
-
-    def __init__(self, consumer: Any, state: _ReadState) -> None:
-        self.consumer, self.state = consumer, state
-        self.pending: dict[str, list[Any]] = {}
-        self.next: dict[Any, int] = {}  # partition -> next offset, counting pending records
-        self.seeks = -1  # the seek count the pending records were read under
-
-    def next_offset(self, tp: Any, seeks: int, expected: int | None) -> int | None:
-        if seeks != self.seeks:  # a seek since: pending records are stale
-            self.drop()
-            return expected
-        return self.next.get(tp, expected)
-
-    def drop(self) -> None:
-        self.pending.clear()
-        self.next.clear()
-
-    async def add(self, tp: Any, message: Any, seeks: int) -> None:
-        if not self.pending:
-            self.seeks = seeks
-        records = self.pending.setdefault(message.topic, [])
-        records.append(message)
-        self.next[tp] = message.offset + 1
-        if len(records) >= _batched[message.topic][1]:
-            await self.flush()
-
-    async def flush(self) -> None:
-        if not self.pending:
-            return
-        consumer, state = self.consumer, self.state
-        generation = consumer.app.consumer_generation_id
-        with state.lock:
-            # Else read before a seek, or before the seek of this generation: they come again.
-            handed = state.seeks == self.seeks and state.unsought is None
-        for topic, records in self.pending.items():
-            if any(getattr(m, "generation_id", None) != generation for m in records):
-                handed = False
-            if handed:
-                handed = await self._hand_over(_batched[topic][0], records)
-        if handed:
-            state.advance(consumer._read_offset, self.seeks, self.next)
-        self.drop()
-
-    async def _hand_over(
-        self, hand_over: Callable[[list[Any]], Awaitable[Any]], records: list[Any]
-    ) -> bool:
-        """Hand the records over unless the flow is suspended (a rebalance) first."""
-        suspend_flow = self.consumer.suspend_flow
-        if suspend_flow.is_set():
-            return False
-        put = asyncio.ensure_future(hand_over(list(records)))
-        suspended = asyncio.ensure_future(suspend_flow.wait())
-        await asyncio.wait({put, suspended}, return_when=asyncio.FIRST_COMPLETED)
-        suspended.cancel()
-        if not put.done():
-            put.cancel()  # not queued: its records come again after the rebalance's seek
-            with contextlib.suppress(asyncio.CancelledError):
-                await put
-            return False
-        if put.cancelled():
-            return False
-        put.result()  # the hand-over's own error, if any, is raised
-        return True
-
-
 async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
     """Faust's fetcher loop (faust/transport/consumer.py), delivering each partition's records
     strictly in sequence: the read offset is the next offset expected (as seeks set it), a
@@ -393,8 +282,8 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
     read_offset = self._read_offset
     state = _state(self)
     acks_enabled_for = self.app.topics.acks_enabled_for
-    deliverable = _deliverable(self)
-    batches = _Batches(self, state)
+    deliverable = deliverable_check(self)
+    batches = Batches(self, state)
     since_yield = 0
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
@@ -453,7 +342,7 @@ async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover
                 if self._commit_every is not None and self._n_acked >= self._commit_every:
                     self._n_acked = 0
                     await self.commit()
-                if message.topic in _batched:
+                if message.topic in batched:
                     await batches.add(tp, message, seeks)
                     continue
                 if deliverable(tp):  # nothing in Faust's delivery can wait: no task needed

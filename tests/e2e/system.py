@@ -391,7 +391,7 @@ class System:
     def cleanup(self) -> None:
         from aiokafka.admin import AIOKafkaAdminClient
 
-        from app.sinks.elasticsearch import template_name
+        from app.sinks.elasticsearch_indices import template_name
 
         async def delete_topics() -> None:  # a node restarted later recovers fewer logs
             admin = AIOKafkaAdminClient(bootstrap_servers=self.brokers)

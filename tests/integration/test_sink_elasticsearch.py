@@ -18,7 +18,8 @@ from elasticsearch import Elasticsearch
 from app.errors import TransientError, UserError
 from app.settings import ElasticsearchSinkSettings
 from app.sinks.base import Failure
-from app.sinks.elasticsearch import ElasticsearchSink, fallback_version, template_name
+from app.sinks.elasticsearch import ElasticsearchSink, fallback_version
+from app.sinks.elasticsearch_indices import template_name
 from tests.fixtures.enriched import core_v1, enriched, events_v1
 from tests.integration.conftest import free_port, need_env
 

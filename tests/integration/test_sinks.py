@@ -240,7 +240,7 @@ class ElasticsearchDestination(Destination):
         return {h["_id"]: (h["_version"], h["_source"]) for h in hits}
 
     def close(self) -> None:
-        from app.sinks.elasticsearch import template_name
+        from app.sinks.elasticsearch_indices import template_name
 
         for name in self.es.indices.get(index=f"{self.index}-*", ignore_unavailable=True).body:
             self.es.options(ignore_status=404).indices.delete(index=name)

@@ -91,7 +91,7 @@ MUTANTS: list[Mutant] = [
         name="faust-handed-over-before-seek",
         why="fix 5 undone: records read after a rebalance and before its seek are handed over "
         "ahead of the records from the committed offset, whose count increments are then skipped",
-        path="app/worker/faust_fixes.py",
+        path="app/worker/batched_delivery.py",
         old="            handed = state.seeks == self.seeks and state.unsought is None\n",
         new="            handed = state.seeks == self.seeks\n",
         tests=(f"{BATCHED}::test_nothing_is_handed_over_between_an_assignment_and_its_seek",),
@@ -202,9 +202,11 @@ MUTANTS += [
     ),
 ]
 
-# Elasticsearch sink: each guarantee of app/sinks/elasticsearch.py, against Elasticsearch 8 (the
-# [es9] variants run the same code against the other server; one server keeps the gate short).
+# Elasticsearch sink: each guarantee of app/sinks/elasticsearch.py and of its indices' module,
+# against Elasticsearch 8 (the [es9] variants run the same code against the other server; one
+# server keeps the gate short).
 ES_SINK = "app/sinks/elasticsearch.py"
+ES_INDICES = "app/sinks/elasticsearch_indices.py"
 ES = "tests/integration/test_sink_elasticsearch.py"
 ES_STREAM = f"{ES}::test_stream_reads_back_exactly_newest_version_once_per_uid[es8]"
 ES_REJECTED = (
@@ -260,7 +262,7 @@ MUTANTS += [
         name="es-dates-not-lenient",
         why="date_nanos without ignore_malformed: a document with first_seen 0001-01-01 is "
         "rejected instead of kept",
-        path=ES_SINK,
+        path=ES_INDICES,
         old='DATE: dict[str, Any] = {"type": "date_nanos", "ignore_malformed": True}',
         new='DATE: dict[str, Any] = {"type": "date_nanos"}',
         tests=(ES_STREAM,),
@@ -268,7 +270,7 @@ MUTANTS += [
     Mutant(
         name="es-labels-as-object",
         why="labels mapped as a plain object under dynamic: false: nothing in them is searchable",
-        path=ES_SINK,
+        path=ES_INDICES,
         old='        "labels": {"type": "flattened", "ignore_above": 1024},\n',
         new='        "labels": {"type": "object"},\n',
         tests=(ES_STREAM,),
@@ -306,7 +308,7 @@ MUTANTS += [
         name="es-retention-matches-prefixes",
         why="retention takes any index ending in a date under the prefix: another pipeline's "
         "<index>-x-YYYY.MM.DD is deleted",
-        path=ES_SINK,
+        path=ES_INDICES,
         old="    match = _DAILY.match(name, len(index))\n",
         new="    match = _DAILY.search(name, len(index))\n",
         tests=(

@@ -23,16 +23,15 @@ from app.sinks.elasticsearch import (
     ElasticsearchSink,
     build_action,
     classify,
-    daily_index_day,
     encode,
     external_version,
     fallback_version,
     index_day,
-    index_template,
     split,
     start_error,
     version_problem,
 )
+from app.sinks.elasticsearch_indices import daily_index_day, index_template
 from tests.fixtures.enriched import core_v1, enriched, events_v1
 
 ROOT = Path(__file__).resolve().parents[3]

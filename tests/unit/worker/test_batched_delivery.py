@@ -1,5 +1,6 @@
-"""app/worker/faust_fixes.py, batched delivery: records are handed over in each partition's order,
-and their read offsets move only when they really were handed over."""
+"""app/worker/batched_delivery.py and the fetcher loop's sequence rules (app/worker/faust_fixes.py):
+records are handed over in each partition's order, and their read offsets move only when they
+really were handed over."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from app.worker import faust_fixes
-from app.worker.faust_fixes import _Batches, _ReadState
+from app.worker import batched_delivery, faust_fixes
+from app.worker.batched_delivery import Batches
+from app.worker.faust_fixes import ReadState
 
 TOPIC = "batched-test"
 
@@ -36,9 +38,9 @@ class Receiver:
 @pytest.fixture()
 def receiver() -> Iterator[Receiver]:
     r = Receiver()
-    faust_fixes.deliver_in_batches(TOPIC, r, max_batch=3)
+    batched_delivery.deliver_in_batches(TOPIC, r, max_batch=3)
     yield r
-    faust_fixes._batched.pop(TOPIC)
+    batched_delivery.batched.pop(TOPIC)
 
 
 def consumer() -> Any:
@@ -51,8 +53,8 @@ def consumer() -> Any:
 
 def test_hands_over_in_order_and_moves_read_offsets(receiver: Receiver) -> None:
     async def run() -> Any:
-        c, state = consumer(), _ReadState()
-        b = _Batches(c, state)
+        c, state = consumer(), ReadState()
+        b = Batches(c, state)
         for m in [message(0, 10), message(1, 20), message(0, 11)]:
             assert b.next_offset(m.partition, 0, c._read_offset[m.partition]) == m.offset
             await b.add(m.partition, m, 0)  # the third reaches max_batch: handed over now
@@ -68,8 +70,8 @@ def test_hands_over_in_order_and_moves_read_offsets(receiver: Receiver) -> None:
 
 def test_a_batch_of_an_earlier_generation_or_before_a_seek_is_dropped(receiver: Receiver) -> None:
     async def run() -> Any:
-        c, state = consumer(), _ReadState()
-        b = _Batches(c, state)
+        c, state = consumer(), ReadState()
+        b = Batches(c, state)
         await b.add(0, message(0, 10), 0)
         c.app.consumer_generation_id = 2  # a rebalance: the partition may be another's now
         await b.flush()
@@ -84,11 +86,11 @@ def test_a_batch_of_an_earlier_generation_or_before_a_seek_is_dropped(receiver: 
 
 def test_a_flow_suspension_while_the_channel_is_full_drops_the_batch() -> None:
     blocked = Receiver(blocks=True)
-    faust_fixes.deliver_in_batches(TOPIC, blocked, max_batch=10)
+    batched_delivery.deliver_in_batches(TOPIC, blocked, max_batch=10)
 
     async def run() -> Any:
         c = consumer()
-        b = _Batches(c, _ReadState())
+        b = Batches(c, ReadState())
         await b.add(0, message(0, 10), 0)
         asyncio.get_running_loop().call_later(0.05, c.suspend_flow.set)
         await asyncio.wait_for(b.flush(), 5)  # returns once the flow is suspended
@@ -98,7 +100,7 @@ def test_a_flow_suspension_while_the_channel_is_full_drops_the_batch() -> None:
         assert asyncio.run(run()) == {0: 10, 1: 20}
         assert blocked.batches == []
     finally:
-        faust_fixes._batched.pop(TOPIC)
+        batched_delivery.batched.pop(TOPIC)
 
 
 def test_nothing_is_handed_over_between_an_assignment_and_its_seek(receiver: Receiver) -> None:
@@ -107,8 +109,8 @@ def test_nothing_is_handed_over_between_an_assignment_and_its_seek(receiver: Rec
     increments of the records before them."""
 
     async def run() -> Any:
-        c, state = consumer(), _ReadState()
-        b = _Batches(c, state)
+        c, state = consumer(), ReadState()
+        b = Batches(c, state)
         state.unsought = 1  # generation 1 assigned, its seek not done yet
         await b.add(0, message(0, 10), 0)
         await b.flush()

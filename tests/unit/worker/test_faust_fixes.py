@@ -9,7 +9,8 @@ from typing import Any
 
 from intervaltree import IntervalTree
 
-from app.worker.faust_fixes import _deliverable, _new_offset
+from app.worker.batched_delivery import deliverable_check
+from app.worker.faust_fixes import _new_offset
 
 TP = ("raw", 0)
 
@@ -93,8 +94,8 @@ def fetcher_consumer(
 
 
 def test_delivers_directly_only_when_nothing_in_faust_can_wait() -> None:
-    assert _deliverable(fetcher_consumer())(TP) is True
-    assert _deliverable(fetcher_consumer())(("unindexed", 3)) is True
+    assert deliverable_check(fetcher_consumer())(TP) is True
+    assert deliverable_check(fetcher_consumer())(("unindexed", 3)) is True
     for blocked in (
         {"suspended": True},  # a rebalance suspended the flow: race it (wait_first)
         {"flow_active": False},
@@ -102,7 +103,7 @@ def test_delivers_directly_only_when_nothing_in_faust_can_wait() -> None:
         {"locked": True},  # the conductor is rebuilding its partition index
         {"full_queue": True},  # one reading channel's queue is full: its put waits
     ):
-        assert _deliverable(fetcher_consumer(**blocked))(TP) is False, blocked
+        assert deliverable_check(fetcher_consumer(**blocked))(TP) is False, blocked
 
 
 def test_worker_consumer_fetches_are_held_at_most_fetch_max_wait_ms() -> None:
