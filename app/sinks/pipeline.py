@@ -30,10 +30,10 @@ import random
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 from app.errors import Rejected, TransientError
 from app.model.deadletter import dead_letter
@@ -51,6 +51,19 @@ RETRIES = Counter("kubevents_sink_retries_total", "Writes tried again.", ["pipel
 BLOCKED = Gauge(
     "kubevents_sink_blocked", "1 while the destination refuses writes for now.", ["pipeline"]
 )
+WRITE_SECONDS = Histogram(
+    "kubevents_sink_write_seconds",
+    "One write to the destination (a batch, or its share with concurrency > 1), each attempt.",
+    ["pipeline"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+# Once per batch, of its oldest record: per record would cost a lock and a bisect per event.
+DELAY_SECONDS = Histogram(
+    "kubevents_sink_delay_seconds",
+    "From the core publishing a batch's oldest record to k8s-events to it being written.",
+    ["pipeline"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 1800, 3600),
+)
 
 
 class DeadLetters(Protocol):
@@ -61,12 +74,19 @@ class DeadLetters(Protocol):
 class Item:
     """One record of the batch: its Kafka coordinates and, once decoded, its event."""
 
-    __slots__ = ("event", "key", "offset", "partition", "topic", "value")
+    __slots__ = ("event", "key", "offset", "partition", "timestamp", "topic", "value")
 
     def __init__(self, message: Any):
         self.topic, self.partition = message.topic, message.partition
+        self.timestamp: float = message.timestamp  # s, Kafka's (when the core published it)
         self.offset, self.key, self.value = message.offset, message.key, message.value
         self.event: Event = {}
+
+
+class Prepared(NamedTuple):
+    items: list[Item]  # decoded, passed the filters: to write
+    rejected: list[tuple[Item, str]]  # not a JSON object: to the DLQ, with the reason
+    filtered: int  # left out by the filters
 
 
 class SinkPipeline:
@@ -89,6 +109,7 @@ class SinkPipeline:
         self._written, self._filtered = WRITTEN.labels(name), FILTERED.labels(name)
         self._dead, self._retries = DEAD.labels(name), RETRIES.labels(name)
         self._blocked_gauge = BLOCKED.labels(name)
+        self._write_seconds, self._delay = WRITE_SECONDS.labels(name), DELAY_SECONDS.labels(name)
         self._last_warning = 0.0
 
     # -- the batch loop's handler ------------------------------------------------------------
@@ -114,7 +135,13 @@ class SinkPipeline:
             await stop()
 
     async def handle(self, messages: list[Any]) -> None:
-        items, rejected = [], []
+        await self.handle_prepared(messages, self.prepare(messages))
+
+    def prepare(self, messages: list[Any]) -> Prepared:
+        """Decode and filter a batch (the batch loop does it for the next batch while this one
+        is written): records to write, records to dead-letter, and how many were filtered out."""
+        items: list[Item] = []
+        rejected: list[tuple[Item, str]] = []
         for message in messages:
             item = Item(message)
             try:
@@ -128,12 +155,16 @@ class SinkPipeline:
             item.event = event
             if self.filter.matches(event):
                 items.append(item)
-            else:
-                self._filtered.inc()
+        return Prepared(items, rejected, len(messages) - len(items) - len(rejected))
+
+    async def handle_prepared(self, messages: list[Any], prepared: Prepared) -> None:
+        items, rejected = prepared.items, prepared.rejected
+        self._filtered.inc(prepared.filtered)
         await self._dead_letter(rejected)
         if items:
             parts = self._split(items, self.config.concurrency)
             await asyncio.gather(*(self._write(part) for part in parts))
+            self._delay.observe(max(0.0, time.time() - min(item.timestamp for item in items)))
         # Tests kill the worker here: written, not yet acked, so not committed.
         await faults.point("sink.written", len(messages))
 
@@ -150,6 +181,7 @@ class SinkPipeline:
         """Returns once every item is written or dead-lettered."""
         pending, attempt = items, 0
         while pending:
+            started = time.monotonic()
             try:
                 failures = await self.sink.write([item.event for item in pending])
             except TransientError as exc:
@@ -165,6 +197,7 @@ class SinkPipeline:
                 await self._write(pending[:half])
                 await self._write(pending[half:])
                 return
+            self._write_seconds.observe(time.monotonic() - started)
             retry = [pending[f.index] for f in failures if f.retry]
             if not retry:
                 self._unblock()

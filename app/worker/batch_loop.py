@@ -14,7 +14,8 @@ queue (at most two batches wait). For each batch the loop:
      counts with them;
   3. awaits the pipeline's handler, which returns only once everything the batch must write is
      acknowledged by its destination (Kafka, a table's changelog, Elasticsearch, MySQL) or
-     dead-lettered;
+     dead-lettered; a sink pipeline's next batch is meanwhile taken and decoded (``Preparing``),
+     nothing more: it is judged and handled only after this one, and acked after that;
   4. acks every record, which lets Faust commit their offsets (app/worker/faust_fixes.py commits
      only an unbroken run of acked offsets from the committed one).
 A handler that raises stops the worker (``app.crash``): going on past a failed batch would leave
@@ -37,7 +38,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import Counter
 
@@ -87,6 +88,18 @@ class Handler(Protocol):
 
     async def stop(self) -> None:
         """Close connections."""
+
+
+@runtime_checkable
+class Preparing(Protocol):
+    """A handler whose batches need CPU work first that depends on nothing written before
+    (decoding, filtering): the loop does it for the next batch while this one is written."""
+
+    def prepare(self, messages: list[Any]) -> Any:
+        """Pure: no write, no state the handling of earlier batches changes."""
+
+    async def handle_prepared(self, messages: list[Any], prepared: Any) -> None:
+        """``handle`` of a batch ``prepare`` was given."""
 
 
 class BatchLoop:
@@ -179,9 +192,15 @@ class BatchLoop:
             os._exit(2)
         settle_garbage_collector()
         self._running = True
+        preparing = self.handler if isinstance(self.handler, Preparing) else None
+        ahead: asyncio.Task[tuple[list[Any], Any]] | None = None
         try:
             while True:
-                messages = await self.take()
+                if ahead is None:
+                    messages, prepared = await self._take_prepared(preparing)
+                else:
+                    messages, prepared = await ahead
+                    ahead = None
                 # Tests hold a batch here until a rebalance, or slow every batch down.
                 await faults.point(
                     f"{self.name}.batch-taken", len(messages), until=self._rebalanced(messages)
@@ -189,7 +208,12 @@ class BatchLoop:
                 if not all(map(self.current, messages)):
                     self._stale.inc(len(messages))
                     continue
-                await self.handler.handle(messages)
+                if preparing is not None:
+                    # The next batch is taken and prepared while this one is written (the
+                    # destination's time, when this process waits): only prepared. It is judged
+                    # (its generation) and handled after this one, and acked after that.
+                    ahead = asyncio.ensure_future(self._take_prepared(preparing))
+                await self._handle(preparing, messages, prepared)
                 for message in messages:
                     self.app.consumer.ack(message)  # lets Faust commit up to it
                 self.watch.progress()
@@ -201,4 +225,18 @@ class BatchLoop:
             raise
         finally:
             self._running = False
+            if ahead is not None:
+                ahead.cancel()  # taken, never acked: read again by whoever runs next
             await self.handler.stop()
+
+    async def _handle(
+        self, preparing: Preparing | None, messages: list[Any], prepared: Any
+    ) -> None:
+        if preparing is None:
+            await self.handler.handle(messages)
+        else:
+            await preparing.handle_prepared(messages, prepared)
+
+    async def _take_prepared(self, preparing: Preparing | None) -> tuple[list[Any], Any]:
+        messages = await self.take()
+        return messages, None if preparing is None else preparing.prepare(messages)

@@ -36,7 +36,7 @@ SEEK_TO_COMMITTED = """    committed = dict(await consumer.seek_to_committed())
         elif offset == 0:
             consumer.seek(tp, 0)
 """
-HANDLE = "                await self.handler.handle(messages)\n"
+HANDLE = "                await self._handle(preparing, messages, prepared)\n"
 ACK = """                for message in messages:
                     self.app.consumer.ack(message)  # lets Faust commit up to it
 """

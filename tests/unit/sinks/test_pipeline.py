@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from app.errors import UserError
 from app.settings import PipelineSettings
@@ -32,14 +34,20 @@ def event(uid: str, rv: int = 10, **fields: Any) -> dict[str, Any]:
     return doc
 
 
-def messages(values: Sequence[Any]) -> list[Any]:
+def messages(values: Sequence[Any], published: float | None = None) -> list[Any]:
+    """Records as Faust hands them over; ``published``: their Kafka timestamp (s), now if None."""
     out = []
     for offset, value in enumerate(values):
         raw = value if isinstance(value, bytes) else json.dumps(value).encode()
         uid = value["uid"] if isinstance(value, dict) else "x"
         out.append(
             SimpleNamespace(
-                topic="k8s-events", partition=0, offset=offset, key=uid.encode(), value=raw
+                topic="k8s-events",
+                partition=0,
+                offset=offset,
+                key=uid.encode(),
+                value=raw,
+                timestamp=time.time() if published is None else published,
             )
         )
     return out
@@ -83,6 +91,30 @@ def test_everything_written_and_not_blocked() -> None:
     asyncio.run(p.handle(messages([event("a"), event("b")])))
     assert sorted(sink.docs) == ["a", "b"] and not letters.records
     assert p.check() == (True, "test: writing")
+
+
+def histogram(name: str, pipeline_id: str) -> tuple[float, float]:
+    """(count, sum) of a pipeline's histogram."""
+    labels = {"pipeline": pipeline_id}
+    count = REGISTRY.get_sample_value(f"{name}_count", labels) or 0.0
+    return count, REGISTRY.get_sample_value(f"{name}_sum", labels) or 0.0
+
+
+def test_each_write_is_timed_and_each_batch_says_how_late_it_was_written() -> None:
+    sink = MemorySink()
+    p, _, _ = pipeline(sink, id="timed")
+    writes, delays = (
+        histogram("kubevents_sink_write_seconds", "timed"),
+        histogram("kubevents_sink_delay_seconds", "timed"),
+    )
+    published = time.time() - 42  # the core published the oldest record 42 s ago
+    batch = messages([event("a"), event("b")], published) + messages([event("c")])
+    asyncio.run(p.handle(batch))
+    count, total = histogram("kubevents_sink_write_seconds", "timed")
+    assert count == writes[0] + 1 and 0 <= total - writes[1] < 5
+    count, total = histogram("kubevents_sink_delay_seconds", "timed")
+    assert count == delays[0] + 1, "once per batch"
+    assert 42 <= total - delays[1] < 47, "the batch's oldest record"
 
 
 @pytest.mark.parametrize(

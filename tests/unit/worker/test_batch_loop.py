@@ -1,6 +1,7 @@
 """app/worker/batch_loop.py driven with an in-memory handler: a batch is acked only after its
 handler returned, batches read before a rebalance are skipped unacked, a failing handler crashes
-the worker with nothing acked, and lingering fills batches without mixing generations."""
+the worker with nothing acked, lingering fills batches without mixing generations, and a sink's
+next batch is prepared while one is written but judged and handled only after its ack."""
 
 from __future__ import annotations
 
@@ -124,3 +125,52 @@ def test_linger_fills_a_batch_but_never_mixes_generations() -> None:
     asyncio.run(scenario())
     assert sink.batches == [[0, 1, 2, 3, 4, 5], [7, 8]]  # [6] read before the rebalance: skipped
     assert app.acked == [0, 1, 2, 3, 4, 5, 7, 8]
+
+
+class Preparing(Memory):
+    """A handler with a prepare step: the loop prepares the next batch while one is written."""
+
+    def __init__(self, app: FakeApp) -> None:
+        super().__init__(app)
+        self.log: list[str] = []
+        self.release = asyncio.Event()
+
+    def prepare(self, messages: list[Any]) -> list[int]:
+        self.log.append(f"prepare {messages[0].offset}")
+        return [m.offset * 10 for m in messages]
+
+    async def handle_prepared(self, messages: list[Any], prepared: list[int]) -> None:
+        first = messages[0].offset
+        self.log.append(f"write {first} acked={len(self.app.acked)}")
+        assert prepared == [m.offset * 10 for m in messages], "its own batch's preparation"
+        if first == 0:
+            await self.release.wait()  # the first write is slow: the destination's time
+        self.batches.append([m.offset for m in messages])
+
+
+def test_the_next_batch_is_prepared_while_one_is_written_and_handled_after_its_ack() -> None:
+    app = FakeApp()
+    sink = Preparing(app)
+    loop = loop_for(app, sink)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(loop.run())
+        await loop.queue.put(records(range(0, 3)))
+        await loop.queue.put(records(range(3, 5)))
+        await asyncio.sleep(0.05)
+        # The first batch is being written: the second is prepared, not written, nothing acked.
+        assert sink.log == ["prepare 0", "write 0 acked=0", "prepare 3"]
+        assert app.acked == []
+        app.consumer_generation_id = 2  # a rebalance while it waits: the prepared one is stale
+        sink.release.set()
+        await asyncio.sleep(0.05)
+        await loop.queue.put(records(range(3, 5), generation=2))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert sink.log == ["prepare 0", "write 0 acked=0", "prepare 3", "prepare 3", "write 3 acked=3"]
+    assert sink.batches == [[0, 1, 2], [3, 4]]
+    assert app.acked == [0, 1, 2, 3, 4]
