@@ -78,7 +78,8 @@ class Item:
 
     def __init__(self, message: Any):
         self.topic, self.partition = message.topic, message.partition
-        self.timestamp: float = message.timestamp  # s, Kafka's (when the core published it)
+        # s, Kafka's (when the core published it); None in a record older than Kafka 0.10
+        self.timestamp: float | None = message.timestamp
         self.offset, self.key, self.value = message.offset, message.key, message.value
         self.event: Event = {}
 
@@ -164,7 +165,9 @@ class SinkPipeline:
         if items:
             parts = self._split(items, self.config.concurrency)
             await asyncio.gather(*(self._write(part) for part in parts))
-            self._delay.observe(max(0.0, time.time() - min(item.timestamp for item in items)))
+            stamps = [item.timestamp for item in items if item.timestamp]
+            if stamps:  # Kafka stamps every record since 0.10; a record without one says nothing
+                self._delay.observe(max(0.0, time.time() - min(stamps)))
         # Tests kill the worker here: written, not yet acked, so not committed.
         await faults.point("sink.written", len(messages))
 
