@@ -17,13 +17,17 @@ The contract of ``write``:
   bisects the batch to find the record(s) to dead-letter;
 - it raises ``UserError`` from ``start`` for what the user must fix (a wrong password, an
   unsupported server version), with one line saying how.
+
+A sink may also be a ``PreparingSink``: its per-record work (a MySQL row, an encoded bulk action)
+is split from the write, so that the pipeline does it for the next batch while the destination
+still works on this one (the batch loop's time in the destination, when the process would wait).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 Event = Mapping[str, Any]
 
@@ -44,6 +48,42 @@ class Sink(Protocol):
 
     async def stop(self) -> None:
         """Close connections."""
+
+
+class Unwritable(ValueError):
+    """A record that can never become this destination's document or row; its message is the
+    reason given with it in the dead-letter topic."""
+
+
+@runtime_checkable
+class PreparingSink(Protocol):
+    """A sink whose per-record work before a write (a row, an encoded bulk action) needs nothing
+    from the destination: the pipeline does it while the batch before is written.
+    ``write(events)`` stays the same as ``write_prepared`` of each event's ``prepare``."""
+
+    def prepare(self, event: Event) -> Any:
+        """The event's ready form; ``Unwritable`` when it has none."""
+
+    async def write_prepared(self, ready: Sequence[Any]) -> list[Failure]:
+        """``write`` of ready forms (a Failure's index is into ``ready``)."""
+
+
+async def write_events(sink: PreparingSink, events: Sequence[Event]) -> list[Failure]:
+    """``write`` of a preparing sink: its ``prepare`` then ``write_prepared``, with the
+    failures of both indexed into ``events``."""
+    ready: list[Any] = []
+    at: list[int] = []  # ready[j] is events[at[j]]
+    failures: list[Failure] = []
+    for index, event in enumerate(events):
+        try:
+            ready.append(sink.prepare(event))
+            at.append(index)
+        except Unwritable as exc:
+            failures.append(Failure(index, str(exc), retry=False))
+    if ready:
+        written = await sink.write_prepared(ready)
+        failures += [Failure(at[f.index], f.reason, f.retry) for f in written]
+    return sorted(failures, key=lambda f: f.index)
 
 
 MAX_VERSION = 2**63 - 1

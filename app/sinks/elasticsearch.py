@@ -37,7 +37,7 @@ from prometheus_client import Counter
 from app.errors import Rejected, TransientError, UserError
 from app.model.timeutil import parse_time
 from app.settings import ElasticsearchSinkSettings
-from app.sinks.base import MAX_VERSION, Event, Failure, numeric_version
+from app.sinks.base import MAX_VERSION, Event, Failure, Unwritable, numeric_version, write_events
 from app.sinks.elasticsearch_indices import (
     RETENTION_EVERY_S,
     delete_older_indices,
@@ -64,7 +64,7 @@ SLACK = timedelta(days=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-class BadEvent(ValueError):
+class BadEvent(Unwritable):
     """A record no retry can write (no uid, no plausible timestamp, not JSON-serialisable)."""
 
 
@@ -432,6 +432,20 @@ class ElasticsearchSink:
         await delete_older_indices(client, self.options.index, self.options.retention_days)
 
     async def write(self, events: Sequence[Event]) -> list[Failure]:
+        return await write_events(self, events)
+
+    def prepare(self, event: Event) -> bytes:
+        """The event's bulk action, encoded (the pipeline builds the next batch's while this
+        one is written); BadEvent when it cannot be a document."""
+        try:
+            return encode(
+                build_action(event, self.options.index, self._cluster(event), datetime.now(UTC))
+            )
+        except BadEvent:
+            DOCUMENTS.labels("rejected").inc()
+            raise
+
+    async def write_prepared(self, ready: Sequence[bytes]) -> list[Failure]:
         if self.client is None:
             raise TransientError("the Elasticsearch sink is not started")
         client = self.client
@@ -441,22 +455,13 @@ class ElasticsearchSink:
             except (ApiError, TransportError) as exc:  # next hour; the writes matter more
                 LOG.warning("retention failed: %s", exc)
 
-        failures: list[Failure] = []
-        actions: list[tuple[int, bytes]] = []
-        now = datetime.now(UTC)
-        for i, event in enumerate(events):
-            try:
-                action = build_action(event, self.options.index, self._cluster(event), now)
-                actions.append((i, encode(action)))
-            except BadEvent as exc:
-                DOCUMENTS.labels("rejected").inc()
-                failures.append(Failure(i, str(exc), retry=False))
-
         gate = asyncio.Semaphore(self.options.bulk_workers)
         results = await asyncio.gather(
             *(
                 self._bulk(client, gate, chunk)
-                for chunk in split(actions, self.options.bulk_workers, MAX_REQUEST_BYTES)
+                for chunk in split(
+                    list(enumerate(ready)), self.options.bulk_workers, MAX_REQUEST_BYTES
+                )
             ),
             return_exceptions=True,
         )
@@ -470,6 +475,7 @@ class ElasticsearchSink:
         if errors:
             raise next((e for e in errors if isinstance(e, TransientError)), errors[0])
 
+        failures: list[Failure] = []
         for result in results:
             assert not isinstance(result, BaseException)
             for i, (outcome, reason) in result:

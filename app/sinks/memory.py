@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from app.errors import Rejected, TransientError
-from app.sinks.base import Event, Failure, numeric_version
+from app.sinks.base import Event, Failure, Unwritable, numeric_version, write_events
 
 
 class MemorySink:
@@ -53,3 +53,34 @@ class MemorySink:
                 if have is None or (numeric_version(event) or 0) >= (numeric_version(have) or 0):
                     self.docs[uid] = dict(event)
         return failures
+
+
+class PreparingMemorySink(MemorySink):
+    """The same sink as a ``PreparingSink``: each event's ready form is made ahead (a frozen
+    copy), and some uids can be told to have none (``Unwritable``, as an event MySQL can make no
+    row of)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unwritable: set[str] = set()
+        self.prepared = 0
+
+    def prepare(self, event: Event) -> Ready:
+        uid = str(event.get("uid"))
+        if uid in self.unwritable:
+            raise Unwritable(f"no row can hold {uid}")
+        self.prepared += 1
+        return Ready(event)
+
+    async def write_prepared(self, ready: Sequence[Ready]) -> list[Failure]:
+        return await MemorySink.write(self, [r.event for r in ready])
+
+    async def write(self, events: Sequence[Event]) -> list[Failure]:
+        return await write_events(self, events)
+
+
+class Ready:
+    __slots__ = ("event",)
+
+    def __init__(self, event: Event) -> None:
+        self.event = dict(event)

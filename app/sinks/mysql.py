@@ -35,7 +35,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from app.errors import Rejected, TransientError, UserError
 from app.settings import MySQLSinkSettings
 from app.sinks import mysql_tls
-from app.sinks.base import Event, Failure
+from app.sinks.base import Event, Failure, Unwritable, write_events
 from app.sinks.mysql_rows import (
     Row,
     chunks,
@@ -255,22 +255,25 @@ class MySQLSink:
             conn.commit()
 
     async def write(self, events: Sequence[Event]) -> list[Failure]:
-        """Upsert ``events``; a record that cannot become a row is a Failure (never retried).
+        """Upsert ``events``; a record that cannot become a row is a Failure (never retried)."""
+        return await write_events(self, events)
+
+    def prepare(self, event: Event) -> Row:
+        """The event's row (the pipeline builds the next batch's while this one is written)."""
+        try:
+            return to_row(event)
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
+            raise Unwritable(f"not a k8s-event.v1 record: {exc!r}") from exc
+
+    async def write_prepared(self, ready: Sequence[Row]) -> list[Failure]:
+        """Upsert rows, collapsed to the newest version per uid.
 
         One transaction per call: if a later chunk is refused, the earlier ones roll back too and
         ``Rejected`` covers the whole call. The pipeline bisects and writes the halves again, and
         rewriting is idempotent, so committing per chunk would save work only in that rare case.
         """
-        rows: list[Row] = []
-        failures: list[Failure] = []
-        for index, event in enumerate(events):
-            try:
-                rows.append(to_row(event))
-            except (KeyError, ValueError, TypeError, AttributeError) as exc:
-                failures.append(Failure(index, f"not a k8s-event.v1 record: {exc!r}", retry=False))
-        if rows:
-            await asyncio.to_thread(self._upsert, newest_per_uid(rows))
-        return failures
+        await asyncio.to_thread(self._upsert, newest_per_uid(list(ready)))
+        return []
 
     def _upsert(self, rows: list[Row]) -> None:
         assert self._engine is not None and self._sql is not None, "write() before start()"

@@ -38,7 +38,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from app.errors import Rejected, TransientError
 from app.model.deadletter import dead_letter
 from app.settings import PipelineSettings
-from app.sinks.base import Event, Sink
+from app.sinks.base import Event, PreparingSink, Sink, Unwritable
 from app.sinks.filters import Filter
 from app.testing import faults
 
@@ -74,7 +74,7 @@ class DeadLetters(Protocol):
 class Item:
     """One record of the batch: its Kafka coordinates and, once decoded, its event."""
 
-    __slots__ = ("event", "key", "offset", "partition", "timestamp", "topic", "value")
+    __slots__ = ("event", "key", "offset", "partition", "ready", "timestamp", "topic", "value")
 
     def __init__(self, message: Any):
         self.topic, self.partition = message.topic, message.partition
@@ -82,6 +82,7 @@ class Item:
         self.timestamp: float | None = message.timestamp
         self.offset, self.key, self.value = message.offset, message.key, message.value
         self.event: Event = {}
+        self.ready: Any = None  # the sink's ready form of the event (PreparingSink)
 
 
 class Prepared(NamedTuple):
@@ -100,6 +101,7 @@ class SinkPipeline:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ):
         self.config, self.sink, self.dlq_topic = config, sink, dlq_topic
+        self._preparing = sink if isinstance(sink, PreparingSink) else None
         self.filter = Filter(config.filters, config.id)
         self._open_dead_letters = dead_letters
         self._dead_letters: DeadLetters | None = None
@@ -154,9 +156,17 @@ class SinkPipeline:
                 rejected.append((item, "not a JSON object"))
                 continue
             item.event = event
-            if self.filter.matches(event):
-                items.append(item)
-        return Prepared(items, rejected, len(messages) - len(items) - len(rejected))
+            if not self.filter.matches(event):
+                continue
+            if self._preparing is not None:
+                try:
+                    item.ready = self._preparing.prepare(event)
+                except Unwritable as exc:
+                    rejected.append((item, str(exc)))
+                    continue
+            items.append(item)
+        filtered = len(messages) - len(items) - len(rejected)
+        return Prepared(items, rejected, filtered)
 
     async def handle_prepared(self, messages: list[Any], prepared: Prepared) -> None:
         items, rejected = prepared.items, prepared.rejected
@@ -186,7 +196,10 @@ class SinkPipeline:
         while pending:
             started = time.monotonic()
             try:
-                failures = await self.sink.write([item.event for item in pending])
+                if self._preparing is not None:
+                    failures = await self._preparing.write_prepared([i.ready for i in pending])
+                else:
+                    failures = await self.sink.write([item.event for item in pending])
             except TransientError as exc:
                 attempt += 1
                 self._retry(len(pending), exc.reason)

@@ -15,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from app.errors import UserError
 from app.settings import PipelineSettings
-from app.sinks.memory import MemorySink
+from app.sinks.memory import MemorySink, PreparingMemorySink
 from app.sinks.pipeline import SinkPipeline
 
 
@@ -73,6 +73,13 @@ class Clock:
         await asyncio.sleep(0)
 
 
+@pytest.fixture(params=[MemorySink, PreparingMemorySink], ids=["write", "prepare"])
+def make_sink(request: pytest.FixtureRequest) -> type[MemorySink]:
+    """A plain sink, and one whose ready forms the pipeline makes ahead (PreparingSink)."""
+    cls: type[MemorySink] = request.param
+    return cls
+
+
 def pipeline(sink: MemorySink, **config: Any) -> tuple[SinkPipeline, Letters, Clock]:
     letters, clock = Letters(), Clock()
 
@@ -85,8 +92,8 @@ def pipeline(sink: MemorySink, **config: Any) -> tuple[SinkPipeline, Letters, Cl
     return p, letters, clock
 
 
-def test_everything_written_and_not_blocked() -> None:
-    sink = MemorySink()
+def test_everything_written_and_not_blocked(make_sink: type[MemorySink]) -> None:
+    sink = make_sink()
     p, letters, _ = pipeline(sink)
     asyncio.run(p.handle(messages([event("a"), event("b")])))
     assert sorted(sink.docs) == ["a", "b"] and not letters.records
@@ -178,8 +185,10 @@ def test_a_destination_away_is_retried_in_place_with_growing_capped_backoff() ->
     assert p.check()[0]
 
 
-def test_a_record_refused_for_good_is_dead_lettered_and_the_rest_written() -> None:
-    sink = MemorySink()
+def test_a_record_refused_for_good_is_dead_lettered_and_the_rest_written(
+    make_sink: type[MemorySink],
+) -> None:
+    sink = make_sink()
     sink.refuse = {"bad"}
     p, letters, _ = pipeline(sink)
     asyncio.run(p.handle(messages([event("a"), event("bad"), event("c")])))
@@ -191,8 +200,10 @@ def test_a_record_refused_for_good_is_dead_lettered_and_the_rest_written() -> No
     assert letters.records[0][0] == "k8s-events-dlq" and letters.records[0][1] == b"bad"
 
 
-def test_a_batch_refused_as_a_whole_is_bisected_down_to_the_poison_records() -> None:
-    sink = MemorySink()
+def test_a_batch_refused_as_a_whole_is_bisected_down_to_the_poison_records(
+    make_sink: type[MemorySink],
+) -> None:
+    sink = make_sink()
     sink.refuse_atomically = {"p3", "p11"}
     p, letters, _ = pipeline(sink)
     stream = [event(f"p{i}") for i in range(16)]
@@ -204,8 +215,8 @@ def test_a_batch_refused_as_a_whole_is_bisected_down_to_the_poison_records() -> 
     assert len(sink.writes) <= 2 * 2 * 4 + 1  # a bisection, not one write per record
 
 
-def test_an_item_answered_busy_is_retried_alone() -> None:
-    sink = MemorySink()
+def test_an_item_answered_busy_is_retried_alone(make_sink: type[MemorySink]) -> None:
+    sink = make_sink()
     sink.busy_once = {"b"}
     p, letters, clock = pipeline(sink)
     asyncio.run(p.handle(messages([event("a"), event("b")])))
@@ -213,8 +224,8 @@ def test_an_item_answered_busy_is_retried_alone() -> None:
     assert sink.writes == [["a", "b"], ["b"]] and len(clock.slept) == 1
 
 
-def test_records_that_are_not_json_objects_are_dead_lettered() -> None:
-    sink = MemorySink()
+def test_records_that_are_not_json_objects_are_dead_lettered(make_sink: type[MemorySink]) -> None:
+    sink = make_sink()
     p, letters, _ = pipeline(sink)
     asyncio.run(p.handle(messages([b"{not json", b"[1, 2]", event("a")])))
     assert list(sink.docs) == ["a"]
@@ -222,8 +233,8 @@ def test_records_that_are_not_json_objects_are_dead_lettered() -> None:
     assert reasons[0].startswith("not JSON") and reasons[1] == "not a JSON object"
 
 
-def test_concurrency_keeps_the_versions_of_one_event_in_order() -> None:
-    sink = MemorySink()
+def test_concurrency_keeps_the_versions_of_one_event_in_order(make_sink: type[MemorySink]) -> None:
+    sink = make_sink()
     p, _, _ = pipeline(sink, concurrency=4)
     stream = [event(f"u{i % 5}", rv=100 + i, count=i) for i in range(40)]
     asyncio.run(p.handle(messages(stream)))
@@ -231,3 +242,15 @@ def test_concurrency_keeps_the_versions_of_one_event_in_order() -> None:
         f"u{i}": 35 + i for i in range(5)
     }
     assert len(sink.writes) > 1
+
+
+def test_a_record_the_sink_can_make_nothing_of_is_dead_lettered_before_the_write() -> None:
+    sink = PreparingMemorySink()
+    sink.unwritable = {"bad"}
+    p, letters, _ = pipeline(sink)
+    asyncio.run(p.handle(messages([event("a"), event("bad"), event("c")])))
+    assert sorted(sink.docs) == ["a", "c"] and sink.writes == [["a", "c"]]
+    [letter] = letters.docs()
+    assert letter["reason"] == "no row can hold bad" and letter["pipeline"] == "test"
+    assert letter["source"] == {"topic": "k8s-events", "partition": 0, "offset": 1}
+    assert sink.prepared == 2, "each ready form made once"
