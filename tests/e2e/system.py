@@ -507,15 +507,43 @@ class System:
             result.counted = self.counted()
         return result
 
-    def settle(self, timeout: float = 150) -> tuple[Check, float]:
-        """Poll the three-way comparison until it holds (or ``timeout``): (last check, seconds)."""
+    def settle(self, timeout: float = 150, stuck_s: float = 30) -> tuple[Check, float]:
+        """Poll the three-way comparison until it holds: (last check, seconds). It gives up
+        after ``timeout``, or sooner once the comparison has not moved for ``stuck_s`` while
+        every worker has committed the end of its topic: nothing is left in flight that could
+        still change it (the load is paused), so a loss is reported in ~30 s, not 150."""
         started = time.monotonic()
+        state: tuple[Any, ...] | None = None
+        since = started
         while True:
             try:
                 result = self.check()
             except Exception as exc:
                 result = Check(api=0, examples=[f"check failed: {exc}"])
                 result.lost = {"elasticsearch": -1, "mysql": -1}
-            if result.ok or time.monotonic() - started > timeout:
-                return result, time.monotonic() - started
+            now = time.monotonic()
+            if result.ok or now - started > timeout:
+                return result, now - started
+            seen = (
+                result.api,
+                result.occurrences,
+                result.counted,
+                *map(repr, (result.lost, result.duplicated, result.wrong)),
+            )
+            if seen != state:
+                state, since = seen, now
+            elif now - since >= stuck_s and self.caught_up():
+                result.examples.append(f"unchanged for {now - since:.0f}s with nothing in flight")
+                return result, now - started
             time.sleep(1.0)
+
+    def caught_up(self) -> bool:
+        """Every worker alive and committed up to the end of the topic it reads."""
+        try:
+            return all(
+                self.procs[name].proc.poll() is None
+                and self.committed(name) >= self.end_offsets(name)
+                for name in self.topics
+            )
+        except Exception:  # a broker away: not known to be caught up
+            return False
