@@ -24,7 +24,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import aiokafka.codec
 import aiokafka.record._crecords.default_records as c_default_records
@@ -60,13 +60,25 @@ async def acknowledged(producer: Any, futures: Sequence[asyncio.Future[Any]]) ->
     """The results of ``producer``'s batch ``futures`` once all are resolved (the first failure
     raised, as ``gather`` would); ``SenderStopped`` if its sender ends with some unresolved."""
     sender = sender_task(producer)
-    while waiting := {f for f in futures if not f.done()}:
-        if sender is not None and sender.done():
-            raise SenderStopped(f"the producer's sender stopped with {len(waiting)} batches unsent")
-        await asyncio.wait(
-            waiting if sender is None else {*waiting, sender}, return_when=asyncio.FIRST_COMPLETED
-        )
-    return [f.result() for f in futures]
+    if sender is None or all(f.done() for f in futures):
+        return list(await asyncio.gather(*futures))
+    gathered: asyncio.Future[Any] = asyncio.gather(*futures)
+    # One wake-up: when all are resolved, or at the first failure, or at the sender's end.
+    await asyncio.wait(
+        {gathered, cast(asyncio.Future[Any], sender)}, return_when=asyncio.FIRST_COMPLETED
+    )
+    if all(f.done() for f in futures):  # gather's own callback may not have run yet
+        return [f.result() for f in futures]
+    if gathered.done():
+        return list(gathered.result())  # raises the first failure
+    gathered.add_done_callback(_retrieve)  # abandoned: a late failure is nobody's to report
+    unsent = sum(not f.done() for f in futures)
+    raise SenderStopped(f"the producer's sender stopped with {unsent} batches unsent")
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class RenewingProducer:
