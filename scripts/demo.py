@@ -58,7 +58,7 @@ from kubernetes import config as k8s_config
 
 from app.kafka.client import client_kwargs
 from app.settings import PipelineSettings, Settings, load_settings
-from app.sinks.elasticsearch import template_name
+from app.sinks.elasticsearch_indices import template_name
 from app.sinks.filters import Filter
 from app.supervise import Child, plan
 from scripts import demo_kubelet

@@ -145,11 +145,24 @@ async def partitions(
 
 
 async def configs(
-    admin: AIOKafkaAdminClient, kind: ConfigResourceType, name: str, keys: list[str]
+    admin: AIOKafkaAdminClient,
+    kind: ConfigResourceType,
+    name: str,
+    keys: list[str],
+    wait_s: float = 15,
 ) -> dict[str, str]:
-    [response] = await admin.describe_configs([ConfigResource(kind, name, dict.fromkeys(keys))])
-    [resource] = response.resources
-    return {entry[0]: entry[1] for entry in resource[4]}
+    """The values of ``keys``. A topic just created may not have reached the broker asked yet
+    (KRaft propagates it through the metadata log): it answers UNKNOWN_TOPIC_OR_PARTITION with
+    no entries, asked again until ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        request = [ConfigResource(kind, name, dict.fromkeys(keys))]
+        [response] = await admin.describe_configs(request)
+        [resource] = response.resources
+        error_code = resource[0]
+        if error_code == 0 or time.monotonic() > deadline:
+            return {entry[0]: entry[1] for entry in resource[4]}
+        await asyncio.sleep(0.2)
 
 
 def kubevents(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
