@@ -156,6 +156,12 @@ class Stack:
             "servers_restarted": restarted,
         }
 
+    def sink_timings(self, *names: str) -> dict[str, Any]:
+        """Each sink worker's own histograms (app/sinks/pipeline.py): how long its writes took
+        and how late its batches were written after the core published them; the quantiles are
+        the upper bounds of the histograms' buckets."""
+        return {name: histograms(self.procs[name][1]) for name in names if name in self.procs}
+
     def exited(self) -> list[str]:
         return [f"{n} (exit {p.returncode})" for n, (p, _) in self.procs.items() if p.poll()]
 
@@ -623,6 +629,7 @@ def measure_latency(
         while time.time() < deadline and any(p.left() for p in pollers.values()):
             time.sleep(0.2)
         window_s = time.time() - t0
+        sinks = stack.sink_timings("sink-es", "sink-mysql")
         processes = stack.figures(cpu_at_start, window_s)
         shared = stack.shared(cpu_at_start, window_s)
         exited = stack.exited()
@@ -678,6 +685,7 @@ def measure_latency(
         pollers=pollers,
         n=len(created),
     )
+    result["sink_timings"] = sinks
     result["processes"] = processes
     result.update(shared)
     result["exited"] = exited
@@ -692,6 +700,43 @@ def measure_latency(
     )
     result["limit"] = busiest(processes)
     return result
+
+
+def histograms(port: int) -> dict[str, Any]:
+    """kubevents_sink_write_seconds and kubevents_sink_delay_seconds of one worker: count, mean
+    and the bucket bounds holding its p50 and p99 (ms)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            text = resp.read().decode()
+    except OSError as exc:
+        return {"error": str(exc)}
+    out: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("kubevents_sink_write_seconds", "kubevents_sink_delay_seconds"):
+            continue
+        buckets = sorted(
+            (float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket")
+        )
+        count = next((s.value for s in family.samples if s.name.endswith("_count")), 0.0)
+        total = next((s.value for s in family.samples if s.name.endswith("_sum")), 0.0)
+        if not count:
+            continue
+        out[family.name.removeprefix("kubevents_sink_")] = {
+            "n": int(count),
+            "mean_ms": round(total / count * 1000, 1),
+            "p50_at_most_ms": bucket_bound(buckets, 0.5 * count) * 1000,
+            "p99_at_most_ms": bucket_bound(buckets, 0.99 * count) * 1000,
+        }
+    return out
+
+
+def bucket_bound(buckets: list[tuple[float, float]], rank: float) -> float:
+    """The upper bound of the first cumulative bucket holding ``rank`` observations."""
+    return next(le for le, n in buckets if n >= rank)
 
 
 def stages(
@@ -905,6 +950,13 @@ def report(summary: dict[str, Any]) -> None:
                 if v
             )
         )
+        stage = b.get("stages_ms") or {}
+        print(
+            "(b) per stage, ms: "
+            + "; ".join(f"{k} p50 {v['p50']} p99 {v['p99']}" for k, v in stage.items() if v)
+        )
+        for name, timings in (b.get("sink_timings") or {}).items():
+            print(f"(b) {name}'s own histograms: {json.dumps(timings)}")
     for phase, data in (("a", a), ("b", b)):
         if not data:
             continue

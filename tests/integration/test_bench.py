@@ -117,5 +117,10 @@ def test_bench_e2e_runs_and_both_sinks_hold_exactly_the_events() -> None:
         assert b["latency_s"][sink]["n"] == b["created"], sink
         assert {"p50", "p95", "p99"} <= set(b["latency_s"][sink]), sink
     assert set(b["processes"]) == {"producer", "core", "sink-es", "sink-mysql"}
+    # Each sink's own histograms: every batch written at least once, its delay counted once.
+    for name in ("sink-es", "sink-mysql"):
+        timings = b["sink_timings"][name]
+        assert timings["write_seconds"]["n"] >= timings["delay_seconds"]["n"] >= 1, name
+        assert timings["delay_seconds"]["mean_ms"] > 0 and timings["write_seconds"]["mean_ms"] > 0
     for p in [*a["processes"].values(), *b["processes"].values()]:
         assert p["peak_rss_mib"] > 0 and p["cpu_s"] > 0
