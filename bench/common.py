@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -111,7 +111,7 @@ async def append_times(brokers: str, topic: str, n: int, timeout_s: float = 120)
     return [m.timestamp for m in await read_records(brokers, topic, n, timeout_s)]
 
 
-def steady_rate(times: list[float], unit_s: float = 0.001) -> float:
+def steady_rate(times: Sequence[float], unit_s: float = 0.001) -> float:
     """Records per second between the first and the last completion, counting only the records
     completed after the first instant: the interval and the count cover the same records.
     ``times`` holds one completion time per record (broker append times in ms by default; a
