@@ -53,7 +53,8 @@ BLOCKED = Gauge(
 )
 WRITE_SECONDS = Histogram(
     "kubevents_sink_write_seconds",
-    "One write to the destination (a batch, or its share with concurrency > 1), each attempt.",
+    "One write the destination answered (a batch, or its share with concurrency > 1);"
+    " writes that raised count in kubevents_sink_retries_total instead.",
     ["pipeline"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
@@ -87,7 +88,7 @@ class Item:
 
 class Prepared(NamedTuple):
     items: list[Item]  # decoded, passed the filters: to write
-    rejected: list[tuple[Item, str]]  # not a JSON object: to the DLQ, with the reason
+    rejected: list[tuple[Item, str]]  # not a JSON object, or Unwritable: to the DLQ, with why
     filtered: int  # left out by the filters
 
 
