@@ -371,6 +371,10 @@ class Settings(BaseSettings):
     # declared, a pipeline named after the kind exists (see ``sink_pipelines``).
     elasticsearch: ElasticsearchSinkSettings = Field(default_factory=ElasticsearchSinkSettings)
     mysql: MySQLSinkSettings = Field(default_factory=MySQLSinkSettings)
+    # Of every kafka pipeline. One word, as the first "_" ends the section's name in the
+    # environment: KUBEVENTS_KAFKASINK_SASL_PASSWORD is how a kafka pipeline writing to another
+    # cluster gets its password without it being written in the pipelines file.
+    kafkasink: KafkaSinkSettings = Field(default_factory=KafkaSinkSettings)
     run: RunSettings = Field(default_factory=RunSettings)
     pipelines: list[PipelineSettings] = Field(
         default_factory=list, description="Sink pipelines, as in Logstash's pipelines.yml."
@@ -386,21 +390,20 @@ class Settings(BaseSettings):
         ``elasticsearch``/``mysql`` sections); plus, for a kind with a URL set and no pipeline
         declared, the default pipeline named after it."""
         out: list[PipelineSettings] = []
-        defaults = {"elasticsearch": self.elasticsearch, "mysql": self.mysql}
+        defaults: dict[str, BaseModel] = {
+            "elasticsearch": self.elasticsearch,
+            "mysql": self.mysql,
+            "kafka": self.kafkasink,
+        }
         for declared in self.pipelines:
-            base = defaults.get(declared.sink)
+            base = defaults[declared.sink]
             own = getattr(declared, declared.sink)
-            if base is not None:
-                merged = {
-                    **base.model_dump(exclude_unset=True),
-                    **(own.model_dump(exclude_unset=True) if own is not None else {}),
-                }
-                options = type(base).model_validate(merged)
-                out.append(declared.model_copy(update={declared.sink: options}))
-            elif own is None:
-                out.append(declared.model_copy(update={"kafka": KafkaSinkSettings()}))
-            else:
-                out.append(declared)
+            merged = {
+                **base.model_dump(exclude_unset=True),
+                **(own.model_dump(exclude_unset=True) if own is not None else {}),
+            }
+            options = type(base).model_validate(merged)
+            out.append(declared.model_copy(update={declared.sink: options}))
         kinds = {p.sink for p in out}
         if self.elasticsearch.url and "elasticsearch" not in kinds:
             out.append(

@@ -494,6 +494,7 @@ class Generator:
         self.client, self.ns, self.objects = client, ns, objects
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="create")
         self.created: dict[str, float] = {}  # uid -> when the API server answered
+        self.index: dict[str, int] = {}  # uid -> its place in the sequence (warm-up first)
         self.request_s: list[float] = []
         self.late_s: list[float] = []
         self.failed = 0
@@ -534,6 +535,7 @@ class Generator:
         uid = created["metadata"]["uid"]
         with self.lock:
             self.created[uid] = answered
+            self.index[uid] = i
             self.request_s.append(answered - sent)
             self.late_s.append(sent - due)
         on_created(uid)
@@ -622,8 +624,12 @@ def measure_latency(
             poller.start()
         cpu_at_start = stack.cpu()
         t0 = time.time()
-        print(f"(b) creating {args.rate}/s events for {args.duration}s in {ns}", flush=True)
-        gen.run(args.rate, args.duration, on_created)
+        print(
+            f"(b) creating {args.rate}/s events for {args.warmup}s of warm-up, then"
+            f" {args.duration}s measured, in {ns}",
+            flush=True,
+        )
+        gen.run(args.rate, args.warmup + args.duration, on_created)
         generated_s = time.time() - t0
         deadline = time.time() + args.drain_s
         while time.time() < deadline and any(p.left() for p in pollers.values()):
@@ -637,7 +643,12 @@ def measure_latency(
         for poller in pollers.values():
             poller.stopping.set()
         stack.stop()
-    created = gen.created
+    # The warm-up's events are written and checked like the others, but the figures are the
+    # steady state's: the first seconds after the stack's start include one-off costs (a cold
+    # JVM's first bulks, the daily index's creation); the warm-up's own figures are printed.
+    warm_n = round(args.rate * args.warmup)
+    created = {u: t for u, t in gen.created.items() if gen.index[u] >= warm_n}
+    warmup = {u: t for u, t in gen.created.items() if gen.index[u] < warm_n}
     if not created:
         raise Incomplete(f"(b) no event was created ({gen.failed} failures)")
     answered = sorted(created.values())
@@ -645,6 +656,8 @@ def measure_latency(
         "offered_events_per_s": args.rate,
         "duration_s": args.duration,
         "created": len(created),
+        "warmup_s": args.warmup,
+        "warmup_events": len(warmup),
         "create_failures": gen.failed,
         "achieved_events_per_s": round((len(answered) - 1) / (answered[-1] - answered[0]), 1)
         if len(answered) > 1 and answered[-1] > answered[0]
@@ -676,14 +689,27 @@ def measure_latency(
         "mysql_present": percentiles(lat["mysql"]),
         "both": percentiles(both),
     }
+    result["warmup_latency_s"] = {
+        name: percentiles([p.seen[u] - t for u, t in warmup.items() if u in p.seen])
+        for name, p in (
+            ("elasticsearch_searchable", pollers["elasticsearch"]),
+            ("mysql_present", pollers["mysql"]),
+        )
+    }
     result["never_visible"] = {k: p.left() for k, p in pollers.items()}
+    if args.trace:
+        with args.trace.open("wb") as out:
+            for uid, t in sorted(gen.created.items(), key=lambda item: item[1]):
+                seen = {k: p.seen.get(uid) for k, p in pollers.items()}
+                line = {"uid": uid, "created": t, "warmup": uid in warmup, **seen}
+                out.write(orjson.dumps(line) + b"\n")
     result["stages_ms"] = stages(
         brokers=brokers,
         raw=raw,
         enriched=enriched,
         created=created,
         pollers=pollers,
-        n=len(created),
+        n=len(gen.created),  # the warm-up's records come first on the topics
     )
     result["sink_timings"] = sinks
     result["processes"] = processes
@@ -694,7 +720,7 @@ def measure_latency(
             es_url,
             index,
             sink_db,
-            dict.fromkeys(created, 1),
+            dict.fromkeys(gen.created, 1),
             {"es": {"term": {"namespace": ns}}, "sql": f"WHERE namespace = '{ns}'"},
         )
     )
@@ -950,6 +976,12 @@ def report(summary: dict[str, Any]) -> None:
                 if v
             )
         )
+        warm = b.get("warmup_latency_s") or {}
+        print(
+            f"(b) the {b.get('warmup_s')} s of warm-up before ({b.get('warmup_events')} events,"
+            " not in the figures above): "
+            + "; ".join(f"{k} p50 {v['p50']} s, p99 {v['p99']} s" for k, v in warm.items() if v)
+        )
         stage = b.get("stages_ms") or {}
         print(
             "(b) per stage, ms: "
@@ -978,7 +1010,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=100_000, help="(a) raw envelopes")
     parser.add_argument("--rate", type=float, default=300, help="(b) events/s offered")
-    parser.add_argument("--duration", type=float, default=60, help="(b) seconds of load")
+    parser.add_argument("--duration", type=float, default=60, help="(b) seconds measured")
+    parser.add_argument(
+        "--warmup", type=float, default=10, help="(b) seconds of load before, not measured"
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -988,6 +1023,11 @@ def main() -> None:
     parser.add_argument("--poll-ms", type=int, default=100, help="(b) visibility polling")
     parser.add_argument("--drain-s", type=float, default=60, help="(b) wait for the last ones")
     parser.add_argument("--only", choices=["throughput", "latency"])
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        help="(b) write each event's instants (created, seen in each destination) as JSON lines",
+    )
     args = parser.parse_args()
     env = {
         "brokers": os.environ["KUBEVENTS_KAFKA_BROKERS"],

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from tests.integration.conftest import ROOT
@@ -82,11 +83,12 @@ def test_bench_sinks_runs_and_every_document_and_row_is_written() -> None:
         assert "ratio" in summary[sink] and summary[sink]["pipeline_peak_rss_mib"] > 0
 
 
-def test_bench_e2e_runs_and_both_sinks_hold_exactly_the_events() -> None:
+def test_bench_e2e_runs_and_both_sinks_hold_exactly_the_events(tmp_path: Path) -> None:
     """bench.e2e runs the core and both sink workers on a preloaded raw topic, the bare stages on
     the same records, then the producer, core and sinks under a paced generator of real Events
     (a few seconds at a low rate here)."""
-    events, rate, duration = 400, 20, 3
+    events, rate, duration, warmup = 400, 20, 3, 1
+    trace = tmp_path / "trace.jsonl"
     out, summary = run_bench(
         "bench.e2e",
         "--events",
@@ -95,6 +97,10 @@ def test_bench_e2e_runs_and_both_sinks_hold_exactly_the_events() -> None:
         str(rate),
         "--duration",
         str(duration),
+        "--warmup",
+        str(warmup),
+        "--trace",
+        str(trace),
         timeout=420,
     )
     for header in ("command: ", "machine: ", "versions: "):
@@ -111,11 +117,20 @@ def test_bench_e2e_runs_and_both_sinks_hold_exactly_the_events() -> None:
     assert set(a["processes"]) == {"core", "sink-es", "sink-mysql"}
     b = summary["latency"]
     assert b["created"] == rate * duration and b["create_failures"] == 0
-    assert b["elasticsearch_documents"] == b["mysql_rows"] == b["created"]
+    # The warm-up's events are written and checked too, but measured apart.
+    assert b["warmup_events"] == rate * warmup
+    total = b["created"] + b["warmup_events"]
+    assert b["elasticsearch_documents"] == b["mysql_rows"] == b["expected_events"] == total
     assert b["never_visible"] == {"elasticsearch": 0, "mysql": 0}
     for sink in ("elasticsearch_searchable", "mysql_present", "both"):
         assert b["latency_s"][sink]["n"] == b["created"], sink
         assert {"p50", "p95", "p99"} <= set(b["latency_s"][sink]), sink
+    for sink in ("elasticsearch_searchable", "mysql_present"):
+        assert b["warmup_latency_s"][sink]["n"] == b["warmup_events"], sink
+    assert "s of warm-up before" in out
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert len(lines) == total and sum(line["warmup"] for line in lines) == b["warmup_events"]
+    assert all(line["elasticsearch"] >= line["created"] for line in lines)
     assert set(b["processes"]) == {"producer", "core", "sink-es", "sink-mysql"}
     # Each sink's own histograms: every batch written at least once, its delay counted once.
     for name in ("sink-es", "sink-mysql"):

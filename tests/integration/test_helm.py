@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ from app.settings import (
     Settings,
     load_settings,
 )
+from app.sinks.kafka import destination
 from tests.integration.conftest import ROOT, need_env
 from tests.integration.kube_helpers import create_namespace, delete_namespace
 from tests.integration.test_deploy import find_kubectl
@@ -93,6 +95,54 @@ MANY: dict[str, Any] = {
         {"id": "copy", "sink": "kafka", "kafka": {"topic": f"copy-{TAG}"}},
     ],
 }
+
+
+# Pipelines that bring their own Secret (a second Elasticsearch cluster with its own user,
+# another MySQL database, a kafka pipeline to another cluster over SASL) beside one that takes
+# the chart's elasticsearch section.
+AUDIT_PASSWORD = f"audit-pw-{TAG}"
+REPORTS_URL = f"mysql+pymysql://reports:reports-pw-{TAG}@reports.db.svc:3306/reports"
+PARTNER_PASSWORD = f"partner-pw-{TAG}"
+OWN: dict[str, Any] = {
+    "elasticsearch": {"username": "elastic", "password": ES_PASSWORD},
+    "pipelines": [
+        {"id": "elasticsearch", "sink": "elasticsearch"},
+        {
+            "id": "audit",
+            "sink": "elasticsearch",
+            "elasticsearch": {"url": "https://audit-es:9200", "username": "kubevents"},
+            "existingSecret": "audit-es",
+        },
+        {
+            "id": "reports",
+            "sink": "mysql",
+            "existingSecret": "reports-db",
+            "existingSecretKeys": {"url": "dsn"},
+        },
+        {
+            "id": "partner",
+            "sink": "kafka",
+            "kafka": {
+                "topic": "k8s-events",
+                "brokers": "partner-0.partner:9093",
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_username": "kubevents",
+            },
+            "existingSecret": "partner-kafka",
+        },
+    ],
+}
+# The user's Secrets those pipelines name, as the cluster would hold them (audit-es has no
+# api-key: that optional key is left out, as the kubelet does).
+OWN_SECRETS: list[dict[str, Any]] = [
+    {"kind": "Secret", "metadata": {"name": name}, "stringData": data}
+    for name, data in [
+        ("audit-es", {"password": AUDIT_PASSWORD}),
+        ("reports-db", {"dsn": REPORTS_URL}),
+        ("partner-kafka", {"sasl-password": PARTNER_PASSWORD}),
+    ]
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,6 +225,8 @@ def container_env(docs: list[dict[str, Any]], c: dict[str, Any]) -> dict[str, st
         elif "secretKeyRef" in item["valueFrom"]:
             ref = item["valueFrom"]["secretKeyRef"]
             assert ref["name"] in secrets, f"{item['name']}: Secret {ref['name']} not rendered"
+            if ref.get("optional") and ref["key"] not in secrets[ref["name"]]:
+                continue  # the kubelet leaves the variable unset
             assert ref["key"] in secrets[ref["name"]], f"{item['name']}: no key {ref['key']}"
             value = secrets[ref["name"]][ref["key"]]
         else:
@@ -246,6 +298,11 @@ def many_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def own_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return values_file(tmp_path_factory.mktemp("helm"), OWN)
+
+
+@pytest.fixture(scope="module")
 def many(many_file: Path) -> list[dict[str, Any]]:
     return objects(render(many_file))
 
@@ -290,22 +347,54 @@ def test_chart_app_version_is_kubevents_version() -> None:
 # lint and server-side dry run
 
 
-@pytest.mark.parametrize("which", ["defaults", "many pipelines, SASL_SSL", "examples/helm-values"])
-def test_helm_lint_strict_passes(which: str, many_file: Path) -> None:
-    extra = {"defaults": [], "examples/helm-values": ["-f", str(EXAMPLE_VALUES)]}.get(
-        which, ["-f", str(many_file)]
-    )
+@pytest.mark.parametrize(
+    "which",
+    ["defaults", "many pipelines, SASL_SSL", "examples/helm-values", "pipelines' own secrets"],
+)
+def test_helm_lint_strict_passes(which: str, many_file: Path, own_file: Path) -> None:
+    extra = {
+        "defaults": [],
+        "examples/helm-values": ["-f", str(EXAMPLE_VALUES)],
+        "pipelines' own secrets": ["-f", str(own_file)],
+    }.get(which, ["-f", str(many_file)])
     result = helm("lint", "--strict", str(CHART), *extra)
     assert result.returncode == 0, f"helm lint --strict failed:\n{result.stdout}{result.stderr}"
     assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout, result.stdout
     assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
 
 
-@pytest.mark.parametrize("which", ["defaults", "many pipelines, SASL_SSL", "examples/helm-values"])
+def readme_values() -> list[str]:
+    """The values examples of the README's Helm section (its yaml blocks)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("- Helm: `deploy/helm/kubevents`") :]
+    section = section[: section.index("\n- Docker:")]
+    return [textwrap.dedent(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+
+
+def test_readme_values_examples_lint_and_render(tmp_path: Path) -> None:
+    blocks = readme_values()
+    assert len(blocks) == 2 and all("pipelines:" in b for b in blocks)
+    for block in blocks:
+        values = tmp_path / f"readme-{uuid.uuid4().hex[:6]}.yaml"
+        values.write_text(block)
+        lint = helm("lint", "--strict", str(CHART), "-f", str(values))
+        assert lint.returncode == 0, f"{block}\n{lint.stdout}{lint.stderr}"
+        declared = {p["id"] for p in yaml.safe_load(block)["pipelines"]}
+        assert set(sink_deployments(objects(render(values)))) == declared
+
+
+@pytest.mark.parametrize(
+    "which",
+    ["defaults", "many pipelines, SASL_SSL", "examples/helm-values", "pipelines' own secrets"],
+)
 def test_template_passes_a_server_side_dry_run(
-    which: str, many_file: Path, kubeconfig: str, namespace: str
+    which: str, many_file: Path, own_file: Path, kubeconfig: str, namespace: str
 ) -> None:
-    values = {"defaults": None, "examples/helm-values": EXAMPLE_VALUES}.get(which, many_file)
+    values = {
+        "defaults": None,
+        "examples/helm-values": EXAMPLE_VALUES,
+        "pipelines' own secrets": own_file,
+    }.get(which, many_file)
     # A release name of its own: the ClusterRole and its binding are cluster-wide.
     release = f"kv-{uuid.uuid4().hex[:6]}"
     manifest = render(values, release=release, namespace=namespace)
@@ -548,6 +637,48 @@ def test_existing_secrets_are_referenced_and_none_is_rendered(tmp_path: Path) ->
     }
 
 
+def test_a_pipeline_with_its_own_secret_takes_its_credentials_from_it(
+    own_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each worker, in the environment its pod would get (with the user's Secrets), loads its
+    own pipeline with its own credentials; the chart's Secret holds only what the pipelines
+    without a Secret of their own need, and no secret is written anywhere else."""
+    docs = objects(render(own_file))
+    (secret,) = of_kind(docs, "Secret")
+    assert secret["stringData"] == {"elasticsearch-password": ES_PASSWORD}  # no mysql-url
+    others = yaml.safe_dump([d for d in docs if d["kind"] != "Secret"])
+    for value in (ES_PASSWORD, AUDIT_PASSWORD, f"reports-pw-{TAG}", PARTNER_PASSWORD):
+        assert value not in others, f"a secret is written outside a Secret: {value}"
+    config = pipelines_file(docs, tmp_path)
+    assert "existingSecret" not in config.read_text()  # the chart's keys, not kubevents'
+    deployments = sink_deployments(docs)
+    assert set(deployments) == {p["id"] for p in OWN["pipelines"]}
+    for pipeline_id, d in deployments.items():
+        env = container_env([*docs, *OWN_SECRETS], container(d))
+        assert_real_settings(env, pipeline_id)
+        settings = settings_in(env, config, monkeypatch)
+        mine = settings.pipeline(pipeline_id)
+        if pipeline_id == "elasticsearch":
+            assert mine.elasticsearch is not None and mine.elasticsearch.password is not None
+            assert mine.elasticsearch.username == "elastic"
+            assert mine.elasticsearch.password.get_secret_value() == ES_PASSWORD
+        elif pipeline_id == "audit":
+            es = mine.elasticsearch
+            assert es is not None and es.password is not None and es.api_key is None
+            assert (es.url, es.username) == ("https://audit-es:9200", "kubevents")
+            assert es.password.get_secret_value() == AUDIT_PASSWORD
+        elif pipeline_id == "reports":
+            assert mine.mysql is not None and mine.mysql.url is not None
+            assert mine.mysql.url.get_secret_value() == REPORTS_URL
+        else:
+            assert mine.kafka is not None
+            client = destination(mine.kafka, settings.kafka)
+            assert client.brokers == "partner-0.partner:9093"
+            assert (client.security_protocol, client.sasl_username) == ("SASL_SSL", "kubevents")
+            assert client.sasl_password is not None
+            assert client.sasl_password.get_secret_value() == PARTNER_PASSWORD
+
+
 def test_every_environment_variable_is_a_real_setting(
     many: list[dict[str, Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -651,7 +782,8 @@ def test_schema_allows_only_real_non_secret_pipeline_options() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     item = schema["properties"]["pipelines"]["items"]
     assert item["additionalProperties"] is False
-    assert set(item["properties"]) - {"resources"} == set(PipelineSettings.model_fields)
+    chart_only = {"resources", "existingSecret", "existingSecretKeys"}
+    assert set(item["properties"]) - chart_only == set(PipelineSettings.model_fields)
     models: list[tuple[str, type[BaseModel]]] = [
         ("elasticsearch", ElasticsearchSinkSettings),
         ("mysql", MySQLSinkSettings),

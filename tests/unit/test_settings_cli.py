@@ -10,6 +10,7 @@ from app.cli import main
 from app.errors import UserError
 from app.producer.replay import read_events
 from app.settings import load_settings
+from app.sinks.kafka import destination
 from tests.fixtures.events import core_event
 
 EXAMPLE = Path("examples/kubevents.yaml")
@@ -112,6 +113,39 @@ def test_pipelines_from_yaml_two_of_one_kind_with_the_kind_defaults(
     mysql = pipelines["mysql"].mysql  # from the URL alone
     assert mysql is not None and mysql.url is not None
     assert mysql.url.get_secret_value().endswith("/events")
+
+
+def test_kafka_pipelines_take_the_kafkasink_section_so_a_password_stays_out_of_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kafka pipeline to another cluster gets its secret from KUBEVENTS_KAFKASINK_* (the
+    Helm chart sets it from the pipeline's own Secret), its other options from the file; a
+    kafka pipeline without brokers still writes to the source cluster with the source's
+    credentials."""
+    config = tmp_path / "kubevents.yaml"
+    config.write_text(
+        "pipelines:\n"
+        "  - id: audit\n"
+        "    sink: kafka\n"
+        "    kafka: {topic: audit, brokers: 'audit-0:9093', security_protocol: SASL_SSL,"
+        " sasl_mechanism: SCRAM-SHA-512, sasl_username: kv}\n"
+        "  - {id: copy, sink: kafka}\n"
+    )
+    monkeypatch.setenv("KUBEVENTS_KAFKASINK_SASL_PASSWORD", "audit-secret")
+    monkeypatch.setenv("KUBEVENTS_KAFKA_SASL_PASSWORD", "source-secret")
+    settings = load_settings(str(config))
+    pipelines = {p.id: p for p in settings.sink_pipelines()}
+    audit, copy = pipelines["audit"].kafka, pipelines["copy"].kafka
+    assert audit is not None and copy is not None
+    audit_client = destination(audit, settings.kafka)
+    assert audit_client.brokers == "audit-0:9093" and audit_client.sasl_username == "kv"
+    assert audit_client.security_protocol == "SASL_SSL"
+    assert audit_client.sasl_password is not None
+    assert audit_client.sasl_password.get_secret_value() == "audit-secret"
+    assert audit.topic == "audit" and copy.topic == "k8s-events-copy"
+    copy_client = destination(copy, settings.kafka)
+    assert copy_client.sasl_password is not None
+    assert copy_client.sasl_password.get_secret_value() == "source-secret"
 
 
 def test_sink_flags_add_pipelines_and_list_them(
