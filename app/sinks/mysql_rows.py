@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import BigInteger, Column, Integer, MetaData, String, Table, Text, case, func
@@ -26,6 +26,7 @@ from app.model.timeutil import parse_time
 from app.sinks.base import Event, numeric_version
 
 Row = dict[str, Any]
+T = TypeVar("T")
 
 # Columns that follow the newest version of the event; ``first_seen`` keeps the earliest and
 # ``guard_version`` the greatest, assigned last (see ``upsert``).
@@ -157,7 +158,7 @@ def newest_per_uid(rows: Sequence[Row]) -> list[Row]:
     return [newest[uid] for uid in sorted(newest)]
 
 
-def chunks(rows: Sequence[Row], size: int) -> Iterator[Sequence[Row]]:
+def chunks(rows: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(rows), size):
         yield rows[start : start + size]
 

@@ -34,6 +34,7 @@ from tests.integration.conftest import (
     need_env,
     wait_http,
 )
+from tests.integration.kube_helpers import filled
 
 REASONS = [
     ("Warning", "BackOff", "Back-off restarting failed container app in pod {pod}"),
@@ -131,10 +132,12 @@ class Load:
     def burst(self, n: int, threads: int = 6) -> Callable[[], None]:
         """Start creating ``n`` new events as fast as the API server takes them (records in
         flight at once, while a fault lands); returns the function that waits for the end."""
-        workers = [
-            threading.Thread(target=lambda: [self.one(new=True) for _ in range(n // threads)])
-            for _ in range(threads)
-        ]
+
+        def create() -> None:
+            for _ in range(n // threads):
+                self.one(new=True)
+
+        workers = [threading.Thread(target=create) for _ in range(threads)]
         for w in workers:
             w.start()
 
@@ -192,11 +195,16 @@ class Load:
             "lastTimestamp": now,
             "source": {"component": "kubelet", "host": "kwok-node-0"},
         }
-        made = self.core.create_namespaced_event(self.ns, body, _request_timeout=5)
+        # A dict body (ignored arg-type): the client validates it into the annotated model.
+        made = self.core.create_namespaced_event(self.ns, body, _request_timeout=5)  # type: ignore[arg-type]
         with self._lock:
-            self.events[made.metadata.name] = {"count": 1, "uid": made.metadata.uid}
+            self.events[filled(made.metadata.name)] = {"count": 1, "uid": made.metadata.uid}
             self.versions.append(
-                (time.monotonic(), made.metadata.uid, made.metadata.resource_version)
+                (
+                    time.monotonic(),
+                    filled(made.metadata.uid),
+                    filled(made.metadata.resource_version),
+                )
             )
 
     def _repeat(self, now: str) -> None:
@@ -209,7 +217,11 @@ class Load:
         )
         with self._lock:
             self.versions.append(
-                (time.monotonic(), made.metadata.uid, made.metadata.resource_version)
+                (
+                    time.monotonic(),
+                    filled(made.metadata.uid),
+                    filled(made.metadata.resource_version),
+                )
             )
 
 
@@ -242,7 +254,8 @@ class System:
         self.brokers, self.api, self.names = brokers, api, names
         tag = names["tag"]
         self.ns = f"e2e-{tag}"
-        k8s.CoreV1Api(api).create_namespace({"metadata": {"name": self.ns}})
+        # A dict body (ignored arg-type): the client validates it into the annotated model.
+        k8s.CoreV1Api(api).create_namespace({"metadata": {"name": self.ns}})  # type: ignore[arg-type]
         self.es_url = need_env("KUBEVENTS_ELASTICSEARCH_URL")
         self.es = Elasticsearch(self.es_url, request_timeout=30)
         self.index = f"e2e-{tag}"
@@ -367,7 +380,7 @@ class System:
         lease = k8s.CoordinationV1Api(self.api).read_namespaced_lease(
             self.names["KUBEVENTS_PRODUCER_LEASE_NAME"], "default"
         )
-        return str(lease.spec.holder_identity)
+        return str(filled(lease.spec).holder_identity)
 
     def handled(self, name: str) -> float:
         """Records the process has finished with since it started (its own metrics)."""
@@ -427,9 +440,9 @@ class System:
         """uid -> (count, resourceVersion, lastTimestamp in µs): the truth."""
         listed = k8s.CoreV1Api(self.api).list_namespaced_event(self.ns, _request_timeout=30)
         return {
-            e.metadata.uid: (
+            filled(e.metadata.uid): (
                 int(e.count or 1),
-                e.metadata.resource_version,
+                filled(e.metadata.resource_version),
                 micros(e.last_timestamp),
             )
             for e in listed.items

@@ -35,7 +35,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,16 +175,24 @@ def kill_kafka_node(s: System) -> tuple[int, str]:
     killed_at = time.monotonic()
     for topic in topics:
         mine = [p for p, meta in before[topic].items() if meta["leader"] == victim]
-        asyncio.run(
-            with_admin(s.brokers, lambda a, t=topic, m=mine: wait_leaders_moved(a, t, victim, m))
-        )
+
+        def moved(
+            a: AIOKafkaAdminClient, t: str = topic, m: list[int] = mine
+        ) -> Awaitable[dict[int, dict[str, Any]]]:
+            return wait_leaders_moved(a, t, victim, m)
+
+        asyncio.run(with_admin(s.brokers, moved))
     time.sleep(max(0.0, 10 - (time.monotonic() - killed_at)))
     moved_on = metric_sum(metrics(s.ports["core"]), "kubevents_kafka_written_total") - written
     created = s.load.acknowledged_after(killed_at)
     cluster_ctl("start-node", str(victim))
     cluster_ctl("wait-node", str(victim))
     for topic in topics:
-        asyncio.run(with_admin(s.brokers, lambda a, t=topic: wait_rejoined(a, t, victim)))
+
+        def rejoined(a: AIOKafkaAdminClient, t: str = topic) -> Awaitable[None]:
+            return wait_rejoined(a, t, victim)
+
+        asyncio.run(with_admin(s.brokers, rejoined))
     assert moved_on > 0, "the core wrote nothing while the node was down"
     return (
         created,
@@ -220,7 +228,11 @@ def stop_destination(server: str, stopped: str, other: str) -> Callable[[System]
             last = s.load.last_acknowledged()
             if last is not None:
                 at, uid = last
-                wait_until(f"{other} taking events", lambda u=uid: present(u), timeout=30)
+
+                def taken(u: str = uid) -> bool:
+                    return present(u)
+
+                wait_until(f"{other} taking events", taken, timeout=30)
                 lags.append(time.monotonic() - at)
             status, body = readyz(s.ports[stopped])
             blocked = blocked or (status == 503 and "blocked" in body)

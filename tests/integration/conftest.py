@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ def kubeconfig() -> str:
 
 @pytest.fixture(scope="session")
 def api(kubeconfig: str) -> k8s.ApiClient:
-    k8s_config.load_kube_config(config_file=kubeconfig)
+    k8s_config.load_kube_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]  # unannotated
     return k8s.ApiClient()
 
 
@@ -237,7 +237,7 @@ def consume(
     return asyncio.run(run())
 
 
-def produce(brokers: str, topic: str, messages: list[tuple[bytes, bytes | None]]) -> None:
+def produce(brokers: str, topic: str, messages: Sequence[tuple[bytes, bytes | None]]) -> None:
     async def run() -> None:
         producer = AIOKafkaProducer(bootstrap_servers=brokers, acks="all")
         await producer.start()

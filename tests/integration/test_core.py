@@ -227,9 +227,10 @@ def test_owner_chain_and_labels_of_real_objects(
     ns = create_namespace(api, "own")
     try:
         labels = {"app": "shop", "app.kubernetes.io/name": "shop-web"}
+        # A dict body (ignored arg-type): the client validates it into the annotated model.
         k8s.AppsV1Api(api).create_namespaced_deployment(
             ns,
-            {
+            {  # type: ignore[arg-type]
                 "apiVersion": "apps/v1",
                 "kind": "Deployment",
                 "metadata": {"name": "web"},

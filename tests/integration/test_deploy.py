@@ -12,13 +12,16 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import urllib3
 import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
-from kubernetes.client.rest import ApiException
+from kubernetes.client import ApiException
+
+from tests.integration.kube_helpers import filled
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -26,8 +29,8 @@ RBAC = [doc for doc in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text()) if
 # The ServiceAccount rbac.yaml binds its roles to (tests/unit/test_packaging.py checks the
 # bindings): its name and namespace come from there, not from a copy.
 (_SERVICE_ACCOUNT,) = [doc["metadata"] for doc in RBAC if doc["kind"] == "ServiceAccount"]
-NAMESPACE = _SERVICE_ACCOUNT["namespace"]
-ACCOUNT = _SERVICE_ACCOUNT["name"]
+NAMESPACE: str = _SERVICE_ACCOUNT["namespace"]
+ACCOUNT: str = _SERVICE_ACCOUNT["name"]
 
 
 def _version_key(path: Path) -> tuple[int, ...]:
@@ -63,7 +66,7 @@ def kubectl(kubeconfig: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def manifest_objects() -> list[dict[str, Any]]:
-    objects = []
+    objects: list[dict[str, Any]] = []
     for path in sorted(DEPLOY.glob("*.yaml")):
         if path.name != "kustomization.yaml":
             objects.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
@@ -85,9 +88,10 @@ def namespace(api: k8s.ApiClient) -> str:
             except ApiException as exc2:
                 assert exc2.status == 409, exc2  # created meanwhile
             continue
-        if ns.status.phase == "Active":
+        phase = filled(ns.status).phase
+        if phase == "Active":
             return NAMESPACE
-        assert time.monotonic() < deadline, f"namespace {NAMESPACE} stays {ns.status.phase}"
+        assert time.monotonic() < deadline, f"namespace {NAMESPACE} stays {phase}"
         time.sleep(1)
 
 
@@ -127,14 +131,15 @@ def sa_api(api: k8s.ApiClient, kubeconfig: str, rbac_applied: None) -> Iterator[
     request = k8s.AuthenticationV1TokenRequest(
         spec=k8s.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
     )
-    token = (
+    token = filled(
         k8s.CoreV1Api(api)
         .create_namespaced_service_account_token(ACCOUNT, NAMESPACE, request)
-        .status.token
-    )
+        .status
+    ).token
     assert token
     admin = k8s.Configuration()
-    k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=admin)
+    # load_kube_config and ApiClient.close are unannotated in the client (ignored no-untyped-call).
+    k8s_config.load_kube_config(config_file=kubeconfig, client_configuration=admin)  # type: ignore[no-untyped-call]
     cfg = k8s.Configuration()
     cfg.host = admin.host
     cfg.ssl_ca_cert = admin.ssl_ca_cert
@@ -143,7 +148,8 @@ def sa_api(api: k8s.ApiClient, kubeconfig: str, rbac_applied: None) -> Iterator[
     cfg.api_key = {"authorization": "Bearer " + token}
     client = k8s.ApiClient(cfg)
     who = k8s.AuthenticationV1Api(client).create_self_subject_review(k8s.V1SelfSubjectReview())
-    assert who.status.user_info.username == f"system:serviceaccount:{NAMESPACE}:{ACCOUNT}"
+    user = filled(filled(who.status).user_info)
+    assert user.username == f"system:serviceaccount:{NAMESPACE}:{ACCOUNT}"
     # RBAC objects just applied reach the authorizer through an informer: wait for them.
     deadline = time.monotonic() + 30
     while not allowed(client, "", "events", "watch") or not allowed(
@@ -152,7 +158,7 @@ def sa_api(api: k8s.ApiClient, kubeconfig: str, rbac_applied: None) -> Iterator[
         assert time.monotonic() < deadline, "rbac.yaml's grants never took effect"
         time.sleep(0.5)
     yield client
-    client.close()
+    client.close()  # type: ignore[no-untyped-call]  # unannotated
 
 
 def allowed(
@@ -166,7 +172,7 @@ def allowed(
         )
     )
     answer = k8s.AuthorizationV1Api(client).create_self_subject_access_review(review)
-    return bool(answer.status.allowed)
+    return bool(filled(answer.status).allowed)
 
 
 def assert_forbidden(what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
@@ -180,10 +186,14 @@ def test_service_account_can_list_and_watch_events_everywhere(sa_api: k8s.ApiCli
     for list_call in (core.list_event_for_all_namespaces, events.list_event_for_all_namespaces):
         # Raw JSON, as kubevents reads it (the client's models reject events.k8s.io Events
         # converted from core/v1 ones, whose eventTime is null).
-        resp = list_call(limit=1, _preload_content=False)
+        # Without preloading the client returns urllib3's response, not the model it annotates.
+        resp = cast(urllib3.BaseHTTPResponse, list_call(limit=1, _preload_content=False))
         assert resp.status == 200
         assert json.loads(resp.data)["kind"] == "EventList"
-        resp = list_call(watch=True, timeout_seconds=1, _preload_content=False)
+        resp = cast(
+            urllib3.BaseHTTPResponse,
+            list_call(watch=True, timeout_seconds=1, _preload_content=False),
+        )
         try:
             assert resp.status == 200
             resp.read()  # the server ends the watch after timeout_seconds
@@ -203,11 +213,12 @@ def test_service_account_can_get_create_and_update_its_lease(
     try:
         leases.create_namespaced_lease(NAMESPACE, body)
         lease = leases.read_namespaced_lease(name, NAMESPACE)
-        assert lease.spec.holder_identity == "replica-a"
-        lease.spec.holder_identity = "replica-b"
+        assert filled(lease.spec).holder_identity == "replica-a"
+        filled(lease.spec).holder_identity = "replica-b"
         updated = leases.replace_namespaced_lease(name, NAMESPACE, lease)
-        assert updated.spec.holder_identity == "replica-b"
-        assert leases.read_namespaced_lease(name, NAMESPACE).spec.holder_identity == "replica-b"
+        assert filled(updated.spec).holder_identity == "replica-b"
+        again = leases.read_namespaced_lease(name, NAMESPACE)
+        assert filled(again.spec).holder_identity == "replica-b"
         assert_forbidden("delete a Lease", leases.delete_namespaced_lease, name, NAMESPACE)
     finally:
         try:
@@ -235,7 +246,7 @@ def test_service_account_can_get_a_replicaset(api: k8s.ApiClient, sa_api: k8s.Ap
     admin.create_namespaced_replica_set(NAMESPACE, replicaset)
     try:
         got = k8s.AppsV1Api(sa_api).read_namespaced_replica_set(name, NAMESPACE)
-        assert got.metadata.name == name and got.metadata.labels == labels
+        assert filled(got.metadata).name == name and filled(got.metadata).labels == labels
         # The owner lookup reads one object; listing is not granted.
         assert_forbidden(
             "list ReplicaSets", k8s.AppsV1Api(sa_api).list_replica_set_for_all_namespaces

@@ -15,9 +15,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+import urllib3
 from kubernetes import client as k8s
 
 from tests.integration.conftest import (
@@ -34,6 +35,7 @@ from tests.integration.kube_helpers import (
     create_event,
     create_namespace,
     delete_namespace,
+    filled,
     repeat_event,
 )
 
@@ -131,7 +133,11 @@ def create_events(api: k8s.ApiClient, ns: str, n: int, threads: int = 8) -> list
 
 def api_versions(api: k8s.ApiClient, ns: str) -> set[tuple[str, str]]:
     """Every (uid, resourceVersion) the API server holds in ``ns`` now: the ground truth."""
-    resp = k8s.CoreV1Api(api).list_namespaced_event(ns, _preload_content=False)
+    # Without preloading the client returns urllib3's response, not the model it annotates.
+    resp = cast(
+        urllib3.BaseHTTPResponse,
+        k8s.CoreV1Api(api).list_namespaced_event(ns, _preload_content=False),
+    )
     items = json.loads(resp.data)["items"]
     return {(i["metadata"]["uid"], i["metadata"]["resourceVersion"]) for i in items}
 
@@ -337,7 +343,7 @@ LEADER = "kubevents_producer_leader"
 
 def lease_holder(api: k8s.ApiClient, name: str) -> str | None:
     lease = k8s.CoordinationV1Api(api).read_namespaced_lease(name, "default")
-    return lease.spec.holder_identity or None
+    return filled(lease.spec).holder_identity or None
 
 
 def wait_leader(api: k8s.ApiClient, lease: str, want: str | None = None) -> str:
@@ -361,7 +367,7 @@ def wait_renewal(api: k8s.ApiClient, lease: str) -> None:
 
     def renew_time() -> datetime | None:
         spec = k8s.CoordinationV1Api(api).read_namespaced_lease(lease, "default").spec
-        return spec.renew_time
+        return filled(spec).renew_time
 
     before = renew_time()
     wait_until("a Lease renewal", lambda: renew_time() != before, timeout=10, step=0.03)
@@ -542,10 +548,15 @@ def test_clear_errors(tmp_path: Path, api: k8s.ApiClient, kubeconfig: str) -> No
     ns = create_namespace(api, "perm")
     try:
         core = k8s.CoreV1Api(api)
-        core.create_namespaced_service_account(ns, {"metadata": {"name": "nobody"}})
-        token = core.create_namespaced_service_account_token(
-            "nobody", ns, {"spec": {"expirationSeconds": 600}}
-        ).status.token
+        # Dict bodies (ignored arg-type): the client validates them into the annotated models.
+        core.create_namespaced_service_account(ns, {"metadata": {"name": "nobody"}})  # type: ignore[arg-type]
+        token = filled(
+            core.create_namespaced_service_account_token(
+                "nobody",
+                ns,
+                {"spec": {"expirationSeconds": 600}},  # type: ignore[arg-type]
+            ).status
+        ).token
         cfg = yaml.safe_load(Path(kubeconfig).read_text())
         cfg["users"][0]["user"] = {"token": token}
         noperm = tmp_path / "noperm.yaml"

@@ -590,7 +590,8 @@ def test_readme_curl_lines_answer_the_counts(brokers: str, pipeline: Pipeline) -
 
     def counted() -> bool:
         answer = get_json(f"http://127.0.0.1:{port}/counts/?window=hopping&top=1000")
-        return sum(r["count"] for r in ours(answer["rows"])) == total
+        seen: int = sum(r["count"] for r in ours(answer["rows"]))
+        return seen == total
 
     wait_until(counted, f"{total} occurrences counted")
     lines = readme_lines("curl")

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from kubernetes import client as k8s
 
 from tests.integration.conftest import need_env
+from tests.integration.kube_helpers import filled
 
 
 def test_kafka_round_trip_with_group_commit(brokers: str) -> None:
@@ -89,7 +90,7 @@ def test_mariadb_upsert_through_sqlalchemy() -> None:
                 stmt = insert(table).values(uid="e1", count=count)
                 conn.execute(stmt.on_duplicate_key_update(count=stmt.inserted.count))
         with engine.connect() as conn:
-            assert conn.execute(select(table.c.uid, table.c.count)).all() == [("e1", 5)]
+            assert conn.execute(select(table.c.uid, table.c.count)).tuples().all() == [("e1", 5)]
             version = conn.exec_driver_sql("select version()").scalar()
             assert "MariaDB" in str(version)
     finally:
@@ -118,16 +119,16 @@ def test_deployment_yields_real_controller_and_scheduler_events(api: k8s.ApiClie
         )
         wanted = {"ScalingReplicaSet", "SuccessfulCreate", "Scheduled"}
         deadline = time.monotonic() + 120
-        reasons: set[str] = set()
+        reasons: set[str | None] = set()
         while time.monotonic() < deadline and not wanted <= reasons:
             reasons = {e.reason for e in core.list_namespaced_event(ns).items}
             time.sleep(1)
-        assert wanted <= reasons, f"events seen: {sorted(reasons)}"
+        assert wanted <= reasons, f"events seen: {sorted(reasons, key=str)}"
         pods = core.list_namespaced_pod(ns).items
-        assert pods and all((p.spec.node_name or "").startswith("kwok-node") for p in pods)
+        assert pods and all((filled(p.spec).node_name or "").startswith("kwok-node") for p in pods)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            phases = {p.status.phase for p in core.list_namespaced_pod(ns).items}
+            phases = {filled(p.status).phase for p in core.list_namespaced_pod(ns).items}
             if phases == {"Running"}:
                 break
             time.sleep(1)

@@ -69,7 +69,9 @@ def test_records_validate_against_the_published_schema() -> None:
         record = json.loads(out[0].value)
         jsonschema.validate(record, SCHEMA)
         assert record["enrichment"]["status"] == "skipped"
-        assert out[0].key == obj.get("involvedObject", obj.get("regarding"))["uid"].encode()
+        involved = obj.get("involvedObject", obj.get("regarding"))
+        assert involved is not None
+        assert out[0].key == involved["uid"].encode()
 
 
 def test_normal_events_count_by_reason_only() -> None:

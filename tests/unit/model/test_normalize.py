@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from app.model.envelope import DecodeError, RawEvent
@@ -8,7 +10,7 @@ from app.model.timeutil import format_time
 from tests.fixtures.events import EVENTS_V1, core_event
 
 
-def raw(obj: dict, watch_type: str = "ADDED", cluster: str | None = "c1") -> RawEvent:
+def raw(obj: dict[str, Any], watch_type: str = "ADDED", cluster: str | None = "c1") -> RawEvent:
     return RawEvent(watch_type, "watch", "2024-05-01T12:05:01.000000Z", cluster, "p1", obj)
 
 
@@ -60,7 +62,7 @@ def test_missing_count_is_one_and_missing_times_fall_back_to_creation() -> None:
         ),
     ],
 )
-def test_bad_events_raise_with_reason(obj: dict, reason: str) -> None:
+def test_bad_events_raise_with_reason(obj: dict[str, Any], reason: str) -> None:
     with pytest.raises(DecodeError, match=reason):
         normalize(raw(obj), default_cluster="c")
 

@@ -63,7 +63,7 @@ def records(n: int) -> list[tuple[bytes, bytes]]:
 def test_partitions_are_murmur2_of_the_key_and_order_is_kept() -> None:
     async def go() -> None:
         fake = FakeProducer(partitions=3, capacity=1000)
-        pub = Publisher(BatchWriter(RenewingProducer(lambda: fake)), "t", max_in_flight=1000)  # type: ignore[arg-type]
+        pub = Publisher(BatchWriter(RenewingProducer(lambda: fake)), "t", max_in_flight=1000)
         await pub.publish(records(50))
         await asyncio.sleep(0)  # the writes run as tasks, in the order they were handed over
         for partition, batch, _ in fake.sent:
@@ -83,7 +83,7 @@ def test_partitions_are_murmur2_of_the_key_and_order_is_kept() -> None:
 def test_in_flight_never_exceeds_the_limit_and_a_page_larger_than_it_does_not_deadlock() -> None:
     async def go() -> None:
         fake = FakeProducer(partitions=2, capacity=4)
-        pub = Publisher(BatchWriter(RenewingProducer(lambda: fake)), "t", max_in_flight=5)  # type: ignore[arg-type]
+        pub = Publisher(BatchWriter(RenewingProducer(lambda: fake)), "t", max_in_flight=5)
         task = asyncio.ensure_future(pub.publish(records(40)))
         published = 0
         for _ in range(100):
@@ -106,7 +106,7 @@ def test_in_flight_never_exceeds_the_limit_and_a_page_larger_than_it_does_not_de
 def test_blocks_while_nothing_is_acknowledged() -> None:
     async def go() -> None:
         fake = FakeProducer(partitions=1, capacity=100)
-        pub = Publisher(BatchWriter(RenewingProducer(lambda: fake)), "t", max_in_flight=10)  # type: ignore[arg-type]
+        pub = Publisher(BatchWriter(RenewingProducer(lambda: fake)), "t", max_in_flight=10)
         await pub.publish(records(10))
         assert pub.in_flight == 10
         blocked = asyncio.ensure_future(pub.publish(records(1)))

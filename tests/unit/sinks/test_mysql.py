@@ -141,7 +141,7 @@ def test_collapse_keeps_the_newest_per_uid_sorted_by_uid() -> None:
 
 
 def test_chunks() -> None:
-    assert [list(c) for c in chunks([1, 2, 3, 4, 5], 2)] == [[1, 2], [3, 4], [5]]  # type: ignore[list-item]
+    assert [list(c) for c in chunks([1, 2, 3, 4, 5], 2)] == [[1, 2], [3, 4], [5]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,7 +212,7 @@ def test_values_hold_placeholders_only_so_pymysql_batches_them(server: str) -> N
     assert match.group(3) % () == match.group(3), "a bound value or a bare % after VALUES"
 
 
-class RecordingCursor(Cursor):
+class RecordingCursor(Cursor):  # type: ignore[misc]  # pymysql is untyped: Cursor is Any
     """PyMySQL's own executemany, with the statements it would send recorded, not sent."""
 
     class Connection:
@@ -222,7 +222,7 @@ class RecordingCursor(Cursor):
             return str(pymysql.converters.escape_item(value, "utf8mb4"))
 
     def __init__(self) -> None:
-        super().__init__(self.Connection())  # type: ignore[arg-type]
+        super().__init__(self.Connection())
         self.sent: list[str] = []
 
     def execute(self, query: Any, args: Any = None) -> int:

@@ -112,6 +112,7 @@ def test_worker_consumer_fetches_are_held_at_most_fetch_max_wait_ms() -> None:
     import asyncio
 
     import faust
+    from faust.transport.drivers import aiokafka as faust_aiokafka
 
     from app.worker import faust_fixes
 
@@ -119,7 +120,14 @@ def test_worker_consumer_fetches_are_held_at_most_fetch_max_wait_ms() -> None:
     app = faust.App(f"unit-fetch-wait-{id(object())}", broker="kafka://127.0.0.1:1")
 
     async def build() -> int:
-        consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        # Typed as faust's base classes; here they are its aiokafka driver's.
+        faust_consumer = app.consumer
+        assert isinstance(faust_consumer, faust_aiokafka.Consumer)
+        thread = faust_consumer._thread
+        assert isinstance(thread, faust_aiokafka.AIOKafkaConsumerThread)
+        transport = app.transport
+        assert isinstance(transport, faust_aiokafka.Transport)
+        consumer = thread._create_worker_consumer(transport)
         await consumer.stop()  # never started; closed so that it does not warn
         return int(consumer._fetch_max_wait_ms)
 
