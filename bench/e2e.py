@@ -14,7 +14,8 @@
 (b) Latency, API server to search: `kubevents produce` (list+watch of a fresh namespace), the core
     (owner lookups on: the events name ConfigMaps that exist) and both sink workers running; a
     paced generator creates core/v1 Events through the API server at a steady rate (default 300/s
-    for 60 s) from a few threads. An event's creation instant is when the API server answered its
+    for 60 s, after 10 s of warm-up whose events are checked but measured apart) from a few
+    threads. An event's creation instant is when the API server answered its
     POST; it is visible when a poll finds it: an ``ids`` search on the Elasticsearch alias (no
     forced refresh: what a user's search sees, so the index's 1 s refresh interval is part of it)
     and ``SELECT uid ... WHERE uid IN`` on MySQL, each polled every ~100 ms (the poll's send
@@ -26,8 +27,8 @@
 Also printed: the machine, the versions, the command. Figures are only figures; a record, a
 document or a row missing fails the run (exit status 1).
 
-Usage: python -m bench.e2e [--events 100000] [--rate 300] [--duration 60]
-                           [--only throughput|latency] [--poll-ms 100]
+Usage: python -m bench.e2e [--events 100000] [--rate 300] [--duration 60] [--warmup 10]
+                           [--only throughput|latency] [--poll-ms 100] [--trace FILE]
 """
 
 from __future__ import annotations
