@@ -74,6 +74,11 @@ every ~6,000 (bench.sinks, aiokafka's fetch requests timed): both sink pipelines
 ~7k events/s whatever their destination. Here the broker holds a fetch ``FETCH_MAX_WAIT_MS`` at
 most; it still answers at once when records arrive, so nothing waits longer for them.
 
+9. Changelog records a fetch returned that Faust's ``getmany`` dropped (the flow stopped, the
+generation changed, or the partition left the set the fetch was asked with while it ran): nothing
+read them again, and a recovery waiting for them waited for ever. Here they are read again
+(app/worker/dropped_fetches.py).
+
 Besides the corrections, the fetcher loop here can hand a topic's records over in batches
 (app/worker/batched_delivery.py, used by every pipeline's batch loop) instead of one event at a
 time through Faust's conductor, topic queue and stream. The same sequence rules apply: read
@@ -95,6 +100,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.utils.functional import consecutive_numbers
 
 from app.testing import faults
+from app.worker import dropped_fetches
 from app.worker.batched_delivery import Batches, batched, deliverable_check
 
 _original_ack = faust_consumer.Consumer.ack
@@ -382,6 +388,7 @@ def apply() -> None:
     faust_consumer.Consumer._new_offset = _new_offset  # type: ignore[method-assign]
     faust_consumer.Consumer.perform_seek = _perform_seek  # type: ignore[method-assign]
     faust_consumer.Consumer._drain_messages = _drain_messages  # type: ignore[method-assign]
+    faust_consumer.Consumer.getmany = dropped_fetches.getmany  # type: ignore[method-assign]
     faust_aiokafka.AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]
     faust_aiokafka.AIOKafkaConsumerThread._seek_wait = _seek_wait  # type: ignore[method-assign]
     faust_aiokafka.ConsumerRebalanceListener.on_partitions_assigned = _on_partitions_assigned  # type: ignore[method-assign]

@@ -108,8 +108,30 @@ class StallWatch:
         parts.append(f"read_offsets={read}")
         try:
             recovery = app.tables.recovery
-            remaining = {_name(tp): n for tp, n in recovery.active_remaining().items() if n}
+            waiting = {tp: n for tp, n in recovery.active_remaining().items() if n}
+            remaining = {_name(tp): n for tp, n in waiting.items()}
             parts.append(f"in_recovery={recovery.in_recovery} active_remaining={remaining}")
+            if waiting:  # what the fetcher does with the changelogs the recovery waits for
+                kafka = consumer._thread._ensure_consumer()
+                assignment = kafka._subscription.subscription.assignment
+                active = consumer._active_partitions or set()
+                faust_paused, buffered = consumer._paused_partitions, consumer._buffered_partitions
+                changelogs = {
+                    _name(tp): (
+                        assignment.state_value(tp).position,
+                        consumer._read_offset.get(tp),
+                        state.sought.get(tp, 0),
+                        recovery.active_offsets.get(tp),
+                        "fetched" if tp in active else "not fetched",
+                        "faust-paused" if tp in faust_paused else "",
+                        "buffered" if tp in buffered else "",
+                    )
+                    for tp in waiting
+                }
+                parts.append(
+                    "changelogs(position, read_offset, seeks, applied, Faust's active"
+                    f" partitions, paused, buffer full)={changelogs}"
+                )
         except Exception as exc:  # diagnostics only
             parts.append(f"(recovery state unreadable: {exc!r})")
         return " ".join(parts)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 CORE = "tests/integration/test_core.py"
 BATCHED = "tests/unit/worker/test_batched_delivery.py"
+DROPPED = "tests/unit/worker/test_dropped_fetches.py"
 SEEK_ALL = """    tps = [tp for tp in consumer.assignment() if streamed(tp.topic)]
     committed = {tp: await consumer.committed(tp) for tp in tps}
     # Nothing committed: the beginning (kubevents reads with auto_offset_reset=earliest).
@@ -116,6 +117,32 @@ MUTANTS: list[Mutant] = [
         old=SEEK_ALL,
         new=SEEK_TO_COMMITTED,
         tests=(f"{BATCHED}::test_no_fetch_is_returned_between_the_seeks_and_the_end_of_the_hold",),
+    ),
+    Mutant(
+        name="faust-dropped-changelog-fetch-lost",
+        why="fix 9 undone: changelog records a fetch returned and Faust's getmany dropped (a "
+        "pause, a rebalance) are never read again; a recovery waiting for them waits forever",
+        path="app/worker/dropped_fetches.py",
+        old="    if again:\n",
+        new="    if not again:\n",
+        tests=(
+            f"{DROPPED}::test_a_changelog_paused_while_fetched_is_read_again_from_its_first_dropped"
+            "_record",
+            f"{DROPPED}::test_records_after_a_generation_change_are_dropped_and_changelogs_read"
+            "_again",
+        ),
+    ),
+    Mutant(
+        name="faust-dropped-fetch-overrides-recovery-seek",
+        why="fix 9 seeks a changelog back to a record of a fetch older than the recovery's own "
+        "seek of it: what lies between that seek and the record is never read",
+        path="app/worker/dropped_fetches.py",
+        old="            if tp not in assigned or state.sought.get(tp, 0) != sought:\n",
+        new="            if tp not in assigned:\n",
+        tests=(
+            f"{DROPPED}::test_a_partition_the_recovery_sought_since_the_fetch_is_left_where_the"
+            "_seek_put_it",
+        ),
     ),
 ]
 
