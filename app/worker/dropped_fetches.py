@@ -41,7 +41,7 @@ def note_drop(dropped: dict[Any, int], tp: Any, offset: int) -> None:
 
 
 async def seek_back(
-    consumer: Any, aiokafka_consumer: Any, state: ReadState, dropped: dict[Any, tuple[int, int]]
+    aiokafka_consumer: Any, state: ReadState, dropped: dict[Any, tuple[int, int]]
 ) -> list[Any]:
     """In the consumer thread: seek each partition of ``dropped`` (partition -> (first offset
     dropped, the recovery's seek count when the fetch was asked)) back to that offset, unless the
@@ -97,6 +97,6 @@ async def getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]: 
     }
     if again:
         thread = self._thread
-        sought = await thread.call_thread(seek_back, self, thread._ensure_consumer(), state, again)
+        sought = await thread.call_thread(seek_back, thread._ensure_consumer(), state, again)
         for tp in sought:
             _log.info("records of %s dropped by a fetch: read again from %d", tp, again[tp][0])
