@@ -677,26 +677,22 @@ def measure_latency(
         },
         "poll_errors": {k: p.errors for k, p in pollers.items()},
     }
-    lat: dict[str, list[float]] = {}
-    for name, poller in pollers.items():
-        lat[name] = [poller.seen[u] - t for u, t in created.items() if u in poller.seen]
-    both = [
-        max(pollers["elasticsearch"].seen[u], pollers["mysql"].seen[u]) - t
-        for u, t in created.items()
-        if u in pollers["elasticsearch"].seen and u in pollers["mysql"].seen
-    ]
-    result["latency_s"] = {
-        "elasticsearch_searchable": percentiles(lat["elasticsearch"]),
-        "mysql_present": percentiles(lat["mysql"]),
-        "both": percentiles(both),
-    }
-    result["warmup_latency_s"] = {
-        name: percentiles([p.seen[u] - t for u, t in warmup.items() if u in p.seen])
-        for name, p in (
-            ("elasticsearch_searchable", pollers["elasticsearch"]),
-            ("mysql_present", pollers["mysql"]),
-        )
-    }
+    es, mysql = pollers["elasticsearch"].seen, pollers["mysql"].seen
+
+    def latencies(events: dict[str, float]) -> dict[str, Any]:
+        """p50/p95/p99 of the delays until each destination (and both) showed ``events``."""
+        return {
+            "elasticsearch_searchable": percentiles(
+                [es[u] - t for u, t in events.items() if u in es]
+            ),
+            "mysql_present": percentiles([mysql[u] - t for u, t in events.items() if u in mysql]),
+            "both": percentiles(
+                [max(es[u], mysql[u]) - t for u, t in events.items() if u in es and u in mysql]
+            ),
+        }
+
+    result["latency_s"] = latencies(created)
+    result["warmup_latency_s"] = latencies(warmup)
     result["never_visible"] = {k: p.left() for k, p in pollers.items()}
     if args.trace:
         with args.trace.open("wb") as out:
